@@ -1,0 +1,151 @@
+"""DatabaseAccess: the access plan rendered as pulumi-postgresql resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_postgresql as pg
+import pulumi_random as random
+
+from components.render.access import AccessPlan
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseAccessArgs:
+    """Where to connect (as the admin role) and what to create there."""
+
+    plan: AccessPlan
+    host: pulumi.Input[str]
+    port: pulumi.Input[int]
+    database: str
+    admin_user: str
+    admin_password: pulumi.Input[str]
+    sslmode: str
+
+
+class DatabaseAccess(pulumi.ComponentResource):
+    """Roles, schemas, memberships and grants of the plan, plus the login roles' passwords."""
+
+    passwords: dict[str, pulumi.Output[str]]
+    """Secret password of each login role (the authenticators), by role name."""
+    roles: pulumi.Output[list[str]]
+    """Names of every role created."""
+
+    def __init__(
+        self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("pgplatform:index:DatabaseAccess", name, None, opts)
+        plan = args.plan
+        provider = pg.Provider(
+            f"{name}-provider",
+            host=args.host,
+            port=args.port,
+            database=args.database,
+            username=args.admin_user,
+            password=pulumi.Output.secret(args.admin_password),
+            sslmode=args.sslmode,
+            superuser=False,
+            connect_timeout=15,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        opts_pg = pulumi.ResourceOptions(parent=self, provider=provider)
+
+        self.passwords = {}
+        roles: dict[str, pg.Role] = {}
+        for spec in plan.roles:
+            password: pulumi.Output[str] | None = None
+            if spec.with_password:
+                generated = random.RandomPassword(
+                    f"{name}-{spec.name}-password",
+                    length=40,
+                    special=False,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+                password = pulumi.Output.secret(generated.result)
+                self.passwords[spec.name] = password
+            roles[spec.name] = pg.Role(
+                f"{name}-role-{spec.name}",
+                name=spec.name,
+                login=spec.login,
+                inherit=spec.inherit,
+                superuser=False,
+                create_database=False,
+                create_role=False,
+                replication=False,
+                bypass_row_level_security=False,
+                statement_timeout=spec.statement_timeout_ms,
+                password=password,
+                opts=opts_pg,
+            )
+
+        def after(*names: str) -> pulumi.ResourceOptions:
+            deps = [roles[n] for n in names if n in roles]
+            return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=deps)
+
+        schemas: dict[str, pg.Schema] = {}
+        for schema in plan.schemas:
+            schemas[schema.name] = pg.Schema(
+                f"{name}-schema-{schema.name}",
+                name=schema.name,
+                database=args.database,
+                owner=schema.owner,
+                drop_cascade=False,
+                opts=after(schema.owner),
+            )
+
+        for m in plan.memberships:
+            pg.GrantRole(
+                f"{name}-member-{m.member}-{m.role}",
+                role=m.member,
+                grant_role=m.role,
+                with_admin_option=False,
+                opts=after(m.member, m.role),
+            )
+
+        for d in plan.database_grants:
+            pg.Grant(
+                f"{name}-db-{d.role}",
+                database=args.database,
+                object_type="database",
+                role=d.role,
+                privileges=list(d.privileges),
+                opts=after(d.role),
+            )
+
+        for g in plan.schema_grants:
+            deps = after(g.role)
+            if g.schema in schemas:
+                deps = pulumi.ResourceOptions.merge(
+                    deps, pulumi.ResourceOptions(depends_on=[schemas[g.schema]])
+                )
+            pg.Grant(
+                f"{name}-usage-{g.schema}-{g.role}",
+                database=args.database,
+                object_type="schema",
+                schema=g.schema,
+                role=g.role,
+                privileges=list(g.privileges),
+                opts=deps,
+            )
+
+        for dg in plan.default_grants:
+            scope = dg.schema or "all"
+            deps = after(dg.owner, dg.role)
+            if dg.schema in schemas:
+                deps = pulumi.ResourceOptions.merge(
+                    deps, pulumi.ResourceOptions(depends_on=[schemas[dg.schema]])
+                )
+            pg.DefaultPrivileges(
+                f"{name}-default-{scope}-{dg.object_type}-{dg.role}",
+                database=args.database,
+                owner=dg.owner,
+                schema=dg.schema,
+                role=dg.role,
+                object_type=dg.object_type,
+                privileges=list(dg.privileges),
+                opts=deps,
+            )
+
+        self.roles = pulumi.Output.from_input([spec.name for spec in plan.roles])
+        self.register_outputs({"passwords": self.passwords, "roles": self.roles})

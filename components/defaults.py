@@ -1,0 +1,125 @@
+"""Per-environment defaults: the one table the stack YAML overrides.
+
+The stack files hold only what differs from here plus ``secure:`` values, so a reviewer sees every
+deviation from the safe default in the stack diff. Functions return fresh copies: callers merge
+into them, and a shared dict mutated once would leak into the next stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+ENVIRONMENTS: Final = ("staging", "prod")
+
+_RESOURCES_SMALL: Final = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"cpu": "500m", "memory": "256Mi"},
+}
+_RESOURCES_MEDIUM: Final = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"cpu": "1", "memory": "512Mi"},
+}
+
+_STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
+    "staging": {
+        "namespace": "pgplatform",
+        "postgres": {
+            "mode": "cnpg",
+            "instances": 2,
+            "storageSize": "20Gi",
+            "maxConnections": 200,
+            "database": "app",
+            "port": 5432,
+            "adminUser": "pgplatform_admin",
+            "sslmode": "require",
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"},
+            },
+        },
+        "roles": {
+            "statementTimeout": {
+                "anonymous": "3s",
+                "user": "5s",
+                "editor": "10s",
+                "admin": "30s",
+                "service": "30s",
+            },
+        },
+        "auth": {
+            "mode": "hs256",
+            "roleClaimKey": ".role",
+            "anonymous": True,
+        },
+    },
+    "prod": {
+        "namespace": "pgplatform",
+        "postgres": {
+            "mode": "cnpg",
+            "instances": 3,
+            "storageSize": "100Gi",
+            "maxConnections": 400,
+            "database": "app",
+            "port": 5432,
+            "adminUser": "pgplatform_admin",
+            "sslmode": "verify-full",
+            "resources": {
+                "requests": {"cpu": "2", "memory": "4Gi"},
+                "limits": {"cpu": "4", "memory": "8Gi"},
+            },
+        },
+        "roles": {
+            "statementTimeout": {
+                "anonymous": "3s",
+                "user": "5s",
+                "editor": "10s",
+                "admin": "30s",
+                "service": "30s",
+            },
+        },
+        "auth": {
+            "mode": "jwks",
+            "roleClaimKey": ".role",
+            "anonymous": False,
+        },
+    },
+}
+
+_DOMAIN_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
+    "staging": {
+        "replicas": {"min": 1, "max": 3},
+        "maxRows": 1000,
+        "readFromReplicas": False,
+        "dbPool": 5,
+        "resources": _RESOURCES_SMALL,
+    },
+    "prod": {
+        "replicas": {"min": 2, "max": 8},
+        "maxRows": 1000,
+        "readFromReplicas": False,
+        "dbPool": 10,
+        "resources": _RESOURCES_MEDIUM,
+    },
+}
+
+
+def stack_defaults(environment: str) -> dict[str, Any]:
+    """A fresh copy of the defaults of ``environment`` (one of ``ENVIRONMENTS``)."""
+    return copy.deepcopy(_STACK_DEFAULTS[environment])
+
+
+def domain_defaults(environment: str) -> dict[str, Any]:
+    """A fresh copy of the defaults every domain entry starts from."""
+    return copy.deepcopy(_DOMAIN_DEFAULTS[environment])
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` wins; nested mappings merge; lists and scalars replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

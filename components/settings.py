@@ -1,0 +1,430 @@
+"""Stack configuration → one frozen, validated ``StackSettings``.
+
+This is the only module that reads ``pulumi.Config``. Everything is checked before a single
+resource is registered, and every problem is reported at once with its key path, the value and
+what is allowed, so a typo costs one ``pulumi preview`` instead of a half-applied stack.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
+
+NAMESPACE: Final = "pgplatform"
+
+# Keys whose value must be a Pulumi secret (`pulumi config set --secret`).
+SECRET_KEYS: Final = frozenset({"postgresAdminPassword"})
+
+# Names a domain schema or machine client may not take: PostgreSQL's own, the platform's schemas
+# and the platform's role names (a schema named like a role confuses every GRANT reading it).
+RESERVED_NAMES: Final = frozenset(
+    {
+        "public",
+        "audit",
+        "platform",
+        "information_schema",
+        "postgres",
+        "postgrest",
+        "postgraphile",
+        "pgplatform_owner",
+        "pgplatform_admin",
+        "pgbouncer_auth",
+        "anonymous",
+        "authenticator",
+    }
+)
+RESERVED_PREFIXES: Final = ("pg_", "api_")
+# PostgreSQL's fully reserved key words (appendix C): unusable as unquoted identifiers.
+SQL_RESERVED_WORDS: Final = frozenset(
+    """all analyse analyze and any array as asc asymmetric both case cast check collate column
+    constraint create current_catalog current_date current_role current_time current_timestamp
+    current_user default deferrable desc distinct do else end except false fetch for foreign from
+    grant group having in initially intersect into lateral leading limit localtime localtimestamp
+    not null offset on only or order placing primary references returning select session_user
+    some symmetric system_user table then to trailing true union unique user using variadic when
+    where window with""".split()
+)
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DURATION = re.compile(r"^(\d+)(ms|s|min)$")
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$")
+_DURATION_MS: Final = {"ms": 1, "s": 1000, "min": 60_000}
+
+
+def _sql_name(value: str) -> str:
+    if not _IDENTIFIER.match(value) or len(value) > 48:
+        raise ValueError(
+            f"{value!r} is not a lowercase SQL identifier: use [a-z_][a-z0-9_]*, at most 48 chars"
+        )
+    if value in SQL_RESERVED_WORDS:
+        raise ValueError(f"{value!r} is a reserved SQL key word: choose another name")
+    if value in RESERVED_NAMES or value.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"{value!r} is reserved: not one of {sorted(RESERVED_NAMES)} "
+            f"and no prefix {list(RESERVED_PREFIXES)}"
+        )
+    return value
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration: use e.g. '500ms', '5s', '2min'")
+    return value
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. '250m', '1', '512Mi'")
+    return value
+
+
+SqlName = Annotated[str, AfterValidator(_sql_name)]
+Duration = Annotated[str, AfterValidator(_duration)]
+Quantity = Annotated[str, AfterValidator(_quantity)]
+
+
+def duration_ms(value: str) -> int:
+    """Milliseconds of a validated duration string."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration")
+    return int(match.group(1)) * _DURATION_MS[match.group(2)]
+
+
+class _Model(BaseModel):
+    """Config models: camelCase keys as in the YAML, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class CpuMemory(_Model):
+    cpu: Quantity
+    memory: Quantity
+
+
+class ResourceSettings(_Model):
+    requests: CpuMemory
+    limits: CpuMemory
+
+
+class ReplicaRange(_Model):
+    min: int = Field(ge=1, le=100)
+    max: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaRange:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+
+class DomainSettings(_Model):
+    """One PostgREST API exposing one schema."""
+
+    schema_name: SqlName | None = Field(default=None, alias="schema")
+    replicas: ReplicaRange
+    max_rows: int = Field(ge=1, le=100_000)
+    read_from_replicas: bool
+    db_pool: int = Field(ge=1, le=100)
+    resources: ResourceSettings
+
+
+class ServiceSettings(_Model):
+    """A machine client: gets its own API role ``api_service_<name>``."""
+
+    name: SqlName
+    schemas: list[SqlName] | None = None
+    access: Literal["read", "write", "all"] = "read"
+    statement_timeout: Duration | None = None
+
+
+class StatementTimeouts(_Model):
+    anonymous: Duration
+    user: Duration
+    editor: Duration
+    admin: Duration
+    service: Duration
+
+
+class RoleSettings(_Model):
+    statement_timeout: StatementTimeouts
+
+
+class PostgresSettings(_Model):
+    mode: Literal["cnpg", "external"]
+    instances: int = Field(ge=1, le=9)
+    storage_size: Quantity
+    storage_class: str | None = None
+    max_connections: int = Field(ge=20, le=10_000)
+    database: SqlName
+    port: int = Field(ge=1, le=65535)
+    admin_user: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+    sslmode: Literal["disable", "require", "verify-ca", "verify-full"]
+    resources: ResourceSettings
+    host: str | None = None
+    ro_host: str | None = None
+    ca_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> PostgresSettings:
+        if self.mode == "external" and not (self.host and self.ro_host):
+            raise ValueError("mode 'external' needs both 'host' (rw) and 'roHost' (ro)")
+        if self.mode == "cnpg" and (self.host or self.ro_host):
+            raise ValueError("'host'/'roHost' are only for mode 'external'; remove them")
+        return self
+
+
+class AuthSettings(_Model):
+    mode: Literal["hs256", "jwks"]
+    audience: str = Field(min_length=1)
+    role_claim_key: str = Field(pattern=r"^\.", min_length=2)
+    anonymous: bool
+    jwks_url: str | None = Field(default=None, pattern=r"^https://")
+
+
+class StackSettings(_Model):
+    """The validated configuration of one stack."""
+
+    stack: str
+    environment: Literal["staging", "prod"]
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    public_base_url: str = Field(pattern=r"^https://[^/]+$")
+    postgres: PostgresSettings
+    roles: RoleSettings
+    auth: AuthSettings
+    domains: dict[SqlName, DomainSettings] = Field(min_length=1)
+    services: list[ServiceSettings] = Field(default_factory=list)
+    postgres_admin_password: SecretStr | None = None
+
+    def schema_of(self, domain: str) -> str:
+        """The schema a domain exposes (defaults to the domain name)."""
+        return self.domains[domain].schema_name or domain
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One bad config value: where it is, what it was, what is allowed."""
+
+    path: str
+    message: str
+    value: Any = None
+
+    def __str__(self) -> str:
+        shown = "" if self.value is None else f" (got {self.value!r})"
+        return f"{self.path}: {self.message}{shown}"
+
+
+class SettingsError(Exception):
+    """Raised with every problem of a stack config; the CLI prints them and exits 2."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid stack configuration ({len(self.problems)} problems):\n{lines}")
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    parts = [f"[{part}]" if isinstance(part, int) else str(part) for part in loc]
+    return f"{NAMESPACE}:" + ".".join(parts).replace(".[", "[")
+
+
+def _problems_from(error: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(part for part in item["loc"] if part != "[key]")
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see README 'Configuration')"
+        value = item.get("input")
+        shown = value if isinstance(value, str | int | float | bool) else None
+        problems.append(ConfigProblem(_key_path(loc), message, shown))
+    return problems
+
+
+def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Rules spanning several keys; run once every key is individually valid."""
+    problems: list[ConfigProblem] = []
+    prod = s.environment == "prod"
+    if prod and s.auth.anonymous:
+        problems.append(
+            ConfigProblem(
+                f"{NAMESPACE}:auth.anonymous",
+                "prod must not allow anonymous access: set it to false",
+                True,
+            )
+        )
+    if prod and s.auth.mode != "jwks":
+        problems.append(
+            ConfigProblem(
+                f"{NAMESPACE}:auth.mode",
+                "prod verifies tokens with the identity provider's keys: use 'jwks'",
+                s.auth.mode,
+            )
+        )
+    if s.auth.mode == "jwks" and not s.auth.jwks_url:
+        problems.append(
+            ConfigProblem(
+                f"{NAMESPACE}:auth.jwksUrl",
+                "required when auth.mode is 'jwks': the https URL of the identity provider's JWKS",
+            )
+        )
+    if prod and s.postgres.sslmode in {"disable", "require"}:
+        problems.append(
+            ConfigProblem(
+                f"{NAMESPACE}:postgres.sslmode",
+                "prod verifies the database certificate: use 'verify-full' (or 'verify-ca')",
+                s.postgres.sslmode,
+            )
+        )
+    if s.postgres.mode == "external":
+        if s.postgres_admin_password is None:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:postgresAdminPassword",
+                    "required in postgres.mode 'external': "
+                    "pulumi config set --secret pgplatform:postgresAdminPassword",
+                )
+            )
+        if s.postgres.sslmode.startswith("verify") and not s.postgres.ca_secret:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:postgres.caSecret",
+                    f"sslmode {s.postgres.sslmode!r} needs the name of a Secret holding ca.crt",
+                )
+            )
+    schemas: dict[str, str] = {}
+    for name in s.domains:
+        schema = s.schema_of(name)
+        if schema in schemas:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:domains.{name}.schema",
+                    f"schema already exposed by domain {schemas[schema]!r}",
+                    schema,
+                )
+            )
+        schemas[schema] = name
+        domain = s.domains[name]
+        if prod and domain.replicas.min < 2:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:domains.{name}.replicas.min",
+                    "prod runs at least 2 replicas per API",
+                    domain.replicas.min,
+                )
+            )
+        if domain.read_from_replicas and s.postgres.mode == "cnpg" and s.postgres.instances < 2:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:domains.{name}.readFromReplicas",
+                    "needs postgres.instances >= 2 (there is no read replica)",
+                    True,
+                )
+            )
+    seen: set[str] = set()
+    for index, service in enumerate(s.services):
+        if service.name in seen:
+            problems.append(
+                ConfigProblem(
+                    f"{NAMESPACE}:services[{index}].name", "duplicate service name", service.name
+                )
+            )
+        seen.add(service.name)
+        for schema in service.schemas or ():
+            if schema not in s.domains:
+                problems.append(
+                    ConfigProblem(
+                        f"{NAMESPACE}:services[{index}].schemas",
+                        f"unknown domain; allowed: {sorted(s.domains)}",
+                        schema,
+                    )
+                )
+    return problems
+
+
+def parse_settings(
+    stack: str, raw: Mapping[str, Any], secret_keys: Iterable[str] = ()
+) -> StackSettings:
+    """Validate ``raw`` (config keys without the ``pgplatform:`` prefix) over the env defaults."""
+    raw = dict(raw)
+    environment = raw.pop("environment", stack)
+    if environment not in ENVIRONMENTS:
+        raise SettingsError(
+            [
+                ConfigProblem(
+                    f"{NAMESPACE}:environment",
+                    f"unknown environment; allowed: {list(ENVIRONMENTS)} "
+                    "(defaults to the stack name)",
+                    environment,
+                )
+            ]
+        )
+    problems = [
+        ConfigProblem(
+            f"{NAMESPACE}:{key}",
+            f"must be a secret: pulumi config set --secret {NAMESPACE}:{key} <value>",
+        )
+        for key in sorted(SECRET_KEYS & raw.keys() - set(secret_keys))
+    ]
+    merged = deep_merge(stack_defaults(environment), raw)
+    domains = merged.get("domains")
+    if isinstance(domains, dict):
+        merged["domains"] = {
+            name: deep_merge(domain_defaults(environment), body) if isinstance(body, dict) else body
+            for name, body in domains.items()
+        }
+    merged.update(stack=stack, environment=environment)
+    try:
+        settings = StackSettings.model_validate(merged)
+    except ValidationError as error:
+        raise SettingsError(problems + _problems_from(error)) from None
+    problems += _cross_checks(settings)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _decode(value: str) -> Any:
+    """Pulumi hands objects over as JSON text and scalars as plain text."""
+    if value[:1] in "{[":
+        return json.loads(value)
+    return value
+
+
+def load_settings() -> StackSettings:
+    """Read this stack's ``pgplatform:`` config from the Pulumi engine."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    prefix = f"{NAMESPACE}:"
+    # The language host passes config as PULUMI_CONFIG; tests and the renderer set it in-process.
+    values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secret_env = set(runtime_config.get_config_secret_keys_env())
+    raw = {
+        key.removeprefix(prefix): _decode(str(value))
+        for key, value in values.items()
+        if key.startswith(prefix)
+    }
+    secrets = {
+        key.removeprefix(prefix)
+        for key in values
+        if key.startswith(prefix) and (key in secret_env or runtime_config.is_config_secret(key))
+    }
+    return parse_settings(pulumi.get_stack(), raw, secrets)

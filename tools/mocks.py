@@ -1,0 +1,136 @@
+"""Recording Pulumi mocks that behave like the real providers where the program depends on it.
+
+- every registration is recorded in order with its parent, inputs by wire (camelCase) name;
+- a Kubernetes object without ``metadata.name`` gets an auto-name (logical name + stable
+  suffix), which flows into the outputs other resources reference and into the manifest;
+- ``random`` passwords return a deterministic value marked secret;
+- custom resources keep their ``spec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+# How the mocked engine marks a secret value on the wire.
+SECRET_SIG = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
+SECRET_MARK = rpc._special_secret_sig  # "1b47061264138c4ac30d75fd1eb44270"
+REDACTED = "[secret]"
+
+
+@dataclass
+class Recorded:
+    """One registered resource as the engine saw it."""
+
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def custom(self) -> bool:
+        return not self.type.startswith("pgplatform:")
+
+
+def auto_suffix(name: str) -> str:
+    """Pulumi appends 8 random characters; a hash keeps renders reproducible."""
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _secret(value: Any) -> dict[str, Any]:
+    return {SECRET_SIG: SECRET_MARK, "value": value}
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_MARK
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Answers registrations like the providers would, and keeps them for inspection."""
+
+    def __init__(self) -> None:
+        self.resources: list[Recorded] = []
+        self._by_urn_name: dict[tuple[str, str], Recorded] = {}
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        outputs = dict(args.inputs)
+        if args.typ.startswith("kubernetes:"):
+            metadata = dict(outputs.get("metadata") or {})
+            if not metadata.get("name"):
+                metadata["name"] = f"{args.name}-{auto_suffix(args.name)}"
+            outputs["metadata"] = metadata
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            length = int(args.inputs.get("length", 32))
+            seed = hashlib.sha256(args.name.encode()).hexdigest()
+            outputs["result"] = _secret((seed * 4)[:length])
+        for recorded in reversed(self.resources):
+            if recorded.type == args.typ and recorded.name == args.name:
+                recorded.outputs = outputs
+                break
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        return {}, None
+
+    def by_type(self, type_token: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def kubernetes(self) -> Iterator[Recorded]:
+        return (r for r in self.resources if r.type.startswith("kubernetes:"))
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """Adds the parent and the registration order, which the plain monitor drops."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        if request.type != "pulumi:pulumi:Stack":
+            parent = request.parent.split("::")[-1] if request.parent else None
+            inputs = rpc.deserialize_properties(request.object)
+            self.recording.resources.append(
+                Recorded(type=request.type, name=request.name, parent=parent, inputs=inputs)
+            )
+        return super().RegisterResource(request)
+
+
+def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
+    """Point the Pulumi runtime at fresh recording mocks for ``stack``."""
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(
+        mocks,
+        project=project,
+        stack=stack,
+        preview=False,
+        monitor=RecordingMonitor(mocks),
+    )
+    return mocks
+
+
+def settle() -> None:
+    """Wait until every outstanding registration (children of components included) is done."""
+    loop = asyncio.get_event_loop()
+    loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
+
+
+def redact(value: Any) -> Any:
+    """Secrets become ``[secret]``; integral floats (the wire has no ints) become ints."""
+    if is_secret(value):
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,171 @@
+"""Offline render: run the Pulumi program under mocks and write what it would deploy.
+
+    python -m tools.render --stack prod [--out build/prod] [--config Pulumi.prod.yaml]
+
+Writes ``resources.json`` (every registration in order, secrets redacted), ``manifests/`` (one
+YAML file per Kubernetes object), ``files/`` (ConfigMap payloads and Vault policies as files),
+``sql/`` (the ordered SQL bundle) and prints a summary. Exit 2 on a bad stack config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+REDACTED = "[secret]"
+# Placeholder handed to the program for a `secure:` value: the render never sees real secrets.
+OFFLINE_SECRET = "offline-render-placeholder-secret"
+
+
+class _Phases:
+    """Phase lines with elapsed time, so a slow step is visible in CI logs."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.step = 0
+        self.start = time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.step += 1
+        elapsed = time.perf_counter() - self.start
+        print(f"[{self.step}/{self.total}] {text} (+{elapsed:.2f}s)", flush=True)
+
+
+def read_stack_config(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Config map and secret keys of a stack file, shaped as the Pulumi engine passes them."""
+    document = yaml.safe_load(path.read_text()) or {}
+    config: dict[str, str] = {}
+    secrets: list[str] = []
+    for key, value in (document.get("config") or {}).items():
+        if isinstance(value, Mapping) and set(value) == {"secure"}:
+            config[key] = OFFLINE_SECRET
+            secrets.append(key)
+        elif isinstance(value, Mapping | list):
+            config[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            config[key] = "true" if value else "false"
+        else:
+            config[key] = str(value)
+    return config, secrets
+
+
+def api_version_kind(type_token: str, inputs: Mapping[str, Any]) -> tuple[str, str]:
+    """``kubernetes:apps/v1:Deployment`` → (``apps/v1``, ``Deployment``); ``core/v1`` → ``v1``."""
+    _, group_version, kind = type_token.split(":", 2)
+    api_version = group_version.removeprefix("core/")
+    return str(inputs.get("apiVersion") or api_version), str(inputs.get("kind") or kind)
+
+
+def manifest_of(type_token: str, state: Mapping[str, Any]) -> dict[str, Any]:
+    """A Kubernetes object rebuilt from the registration (apiVersion, kind, metadata, rest)."""
+    api_version, kind = api_version_kind(type_token, state)
+    body = {k: v for k, v in state.items() if k not in {"apiVersion", "kind", "metadata"}}
+    return {"apiVersion": api_version, "kind": kind, "metadata": state.get("metadata", {}), **body}
+
+
+def _file_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[str]:
+    """Write every artefact of a finished mocked run; returns resources per type."""
+    from tools.mocks import redact
+
+    if out.exists():
+        shutil.rmtree(out)
+    for sub in ("manifests", "files", "sql"):
+        (out / sub).mkdir(parents=True)
+    rows = []
+    counts: Counter[str] = Counter()
+    for recorded in mocks.resources:
+        counts[recorded.type] += 1
+        inputs = redact(recorded.inputs)
+        rows.append(
+            {"type": recorded.type, "name": recorded.name, "parent": recorded.parent, "inputs": inputs}
+        )
+        if not recorded.type.startswith("kubernetes:") or recorded.type.startswith(
+            "pulumi:providers:"
+        ):
+            if recorded.type == "vault:index/policy:Policy":
+                (out / "files" / "vault").mkdir(exist_ok=True)
+                name = _file_name(str(inputs.get("name", recorded.name)))
+                (out / "files" / "vault" / f"{name}.hcl").write_text(str(inputs.get("policy")))
+            continue
+        manifest = manifest_of(recorded.type, redact(recorded.outputs or recorded.inputs))
+        name = manifest["metadata"].get("name", recorded.name)
+        file = out / "manifests" / f"{_file_name(manifest['kind'].lower())}_{_file_name(name)}.yaml"
+        file.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        if manifest["kind"] == "ConfigMap":
+            folder = out / "files" / _file_name(name)
+            folder.mkdir(exist_ok=True)
+            for key, value in (manifest.get("data") or {}).items():
+                (folder / _file_name(key)).write_text(str(value))
+    (out / "resources.json").write_text(json.dumps(rows, indent=2) + "\n")
+    for file_name, text in sql:
+        (out / "sql" / file_name).write_text(text)
+    return counts
+
+
+def render(stack: str, out: Path, config_file: Path | None = None) -> int:
+    """Run the whole program offline; returns the process exit code."""
+    phase = _Phases(4)
+    config_path = config_file or ROOT / f"Pulumi.{stack}.yaml"
+    if not config_path.is_file():
+        print(f"error: no stack file {config_path}", file=sys.stderr)
+        return 2
+    config, secret_keys = read_stack_config(config_path)
+    phase(f"config: {config_path.name} ({len(config)} keys, {len(secret_keys)} secret)")
+
+    import pulumi
+
+    from components import inputs
+    from components.platform import build_platform, report_lines
+    from components.settings import SettingsError, load_settings
+    from tools import mocks as recording
+
+    mocks = recording.install(stack)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    build_platform(settings)
+    recording.settle()
+    phase(f"program: {len(mocks.resources)} resources registered")
+
+    counts = write_build(out, mocks, inputs.sql_files(settings))
+    phase(f"write: {out}")
+
+    width = max(len(t) for t in counts)
+    lines = [f"{'type'.ljust(width)}  count", f"{'-' * width}  -----"]
+    lines += [f"{t.ljust(width)}  {n:5d}" for t, n in sorted(counts.items())]
+    lines.append(f"{'total'.ljust(width)}  {sum(counts.values()):5d}")
+    for extra in report_lines(settings):
+        lines.append(extra)
+    phase("summary")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help="stack name (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--out", type=Path, help="output directory (default build/<stack>)")
+    parser.add_argument("--config", type=Path, help="stack file to read instead")
+    args = parser.parse_args(argv)
+    return render(args.stack, args.out or ROOT / "build" / args.stack, args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
