@@ -105,7 +105,12 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 
 def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
-    """Point the Pulumi runtime at fresh recording mocks for ``stack``."""
+    """Point the Pulumi runtime at fresh recording mocks for ``stack``.
+
+    A new event loop and root stack per call: runs must not see each other's registrations.
+    """
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    pulumi.runtime.settings.ROOT.set(None)
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(
         mocks,

@@ -1,0 +1,86 @@
+"""Shared fixtures: recording mocks per test and the offline render of each stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools import mocks as recording
+from tools.render import read_stack_config
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = ("staging", "prod")
+
+
+@pytest.fixture
+def pulumi_mocks() -> Iterator[Callable[..., recording.RecordingMocks]]:
+    """Install fresh recording mocks for a stack with the given config; one install per test."""
+    import pulumi
+
+    def install(
+        stack: str, config: Mapping[str, str], secret_keys: list[str] | None = None
+    ) -> recording.RecordingMocks:
+        mocks = recording.install(stack)
+        pulumi.runtime.set_all_config(dict(config), secret_keys or [])
+        return mocks
+
+    yield install
+    pulumi.runtime.set_all_config({}, [])
+
+
+def stack_config(stack: str) -> tuple[dict[str, str], list[str]]:
+    """The config of a committed stack file, as the engine would pass it."""
+    return read_stack_config(ROOT / f"Pulumi.{stack}.yaml")
+
+
+def run_program(
+    install: Callable[..., recording.RecordingMocks],
+    stack: str,
+    config: Mapping[str, str] | None = None,
+    secret_keys: list[str] | None = None,
+) -> recording.RecordingMocks:
+    """Run settings + build_platform under mocks and wait for every registration."""
+    from components.platform import build_platform
+    from components.settings import load_settings
+
+    if config is None:
+        config, secret_keys = stack_config(stack)
+    mocks = install(stack, config, secret_keys)
+    build_platform(load_settings())
+    recording.settle()
+    return mocks
+
+
+_RENDERED: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def rendered_stack(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``rendered_stack(stack)`` → build dir of a fresh offline render (once per session)."""
+
+    def render(stack: str) -> Path:
+        if stack not in _RENDERED:
+            out = tmp_path_factory.mktemp(f"build-{stack}")
+            subprocess.run(
+                [sys.executable, "-m", "tools.render", "--stack", stack, "--out", str(out)],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            _RENDERED[stack] = out
+        return _RENDERED[stack]
+
+    return render
+
+
+def resources_json(build: Path) -> list[dict[str, Any]]:
+    import json
+
+    data: list[dict[str, Any]] = json.loads((build / "resources.json").read_text())
+    return data
