@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import pulumi
-import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from components.k8s import KubeObject, meta
 from components.render import pods
 from components.render.postgres_cluster import CNPG_API_VERSION, ClusterInput, cluster_spec
 
@@ -61,11 +61,10 @@ class ManagedPostgres(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         meta_labels = pods.labels("postgres", "database", name)
 
-        if args.mode == "external":
-            assert args.admin_password is not None  # checked in ManagedPostgresArgs
+        if args.cluster is None:  # mode external (ManagedPostgresArgs checked the pairing)
             self.rw_host = pulumi.Output.from_input(args.external_rw_host or "")
             self.ro_host = pulumi.Output.from_input(args.external_ro_host or "")
-            self.admin_password = pulumi.Output.secret(args.admin_password)
+            self.admin_password = pulumi.Output.secret(args.admin_password or "")
             password = self.admin_password
         else:
             generated = random.RandomPassword(
@@ -74,38 +73,45 @@ class ManagedPostgres(pulumi.ComponentResource):
             password = generated.result
             self.admin_password = pulumi.Output.secret(password)
 
-        admin_secret = k8s.core.v1.Secret(
+        admin_secret = KubeObject(
             f"{name}-admin",
-            metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=meta_labels),
-            type="kubernetes.io/basic-auth",
-            string_data={"username": args.admin_user, "password": password},
+            api_version="v1",
+            kind="Secret",
+            metadata=meta(args.namespace, meta_labels),
+            body={
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"username": args.admin_user, "password": password},
+            },
+            secret_fields=["stringData"],
             opts=child,
         )
-        self.admin_secret_name = admin_secret.metadata.name
+        self.admin_secret_name = admin_secret.object_name
 
-        if args.mode == "cnpg":
-            assert args.cluster is not None
+        if args.cluster is not None:  # mode cnpg
             cluster_name = f"{name}-db"
-            cluster = k8s.apiextensions.CustomResource(
+            cluster_args = args.cluster
+            cluster = KubeObject(
                 f"{name}-cluster",
                 api_version=CNPG_API_VERSION,
                 kind="Cluster",
-                metadata=k8s.meta.v1.ObjectMetaArgs(
-                    name=cluster_name, namespace=args.namespace, labels=meta_labels
-                ),
-                spec=admin_secret.metadata.name.apply(
-                    lambda secret: cluster_spec(_with_secret(args.cluster, secret))
-                ),
+                metadata=meta(args.namespace, meta_labels, name=cluster_name),
+                body={
+                    "spec": admin_secret.object_name.apply(
+                        lambda secret: cluster_spec(_with_secret(cluster_args, secret))
+                    )
+                },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[admin_secret]),
             )
-            k8s.apiextensions.CustomResource(
+            KubeObject(
                 f"{name}-podmonitor",
                 api_version="monitoring.coreos.com/v1",
                 kind="PodMonitor",
-                metadata=k8s.meta.v1.ObjectMetaArgs(namespace=args.namespace, labels=meta_labels),
-                spec={
-                    "selector": {"matchLabels": {"cnpg.io/cluster": cluster_name}},
-                    "podMetricsEndpoints": [{"port": "metrics"}],
+                metadata=meta(args.namespace, meta_labels),
+                body={
+                    "spec": {
+                        "selector": {"matchLabels": {"cnpg.io/cluster": cluster_name}},
+                        "podMetricsEndpoints": [{"port": "metrics"}],
+                    }
                 },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
             )

@@ -258,37 +258,43 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
     return problems
 
 
-def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
-    """Rules spanning several keys; run once every key is individually valid."""
-    problems: list[ConfigProblem] = []
+def _problem(key: str, message: str, value: Any = None) -> ConfigProblem:
+    return ConfigProblem(f"{NAMESPACE}:{key}", message, value)
+
+
+def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
+    problems = []
     prod = s.environment == "prod"
     if prod and s.auth.anonymous:
         problems.append(
-            ConfigProblem(
-                f"{NAMESPACE}:auth.anonymous",
-                "prod must not allow anonymous access: set it to false",
-                True,
+            _problem(
+                "auth.anonymous", "prod must not allow anonymous access: set it to false", True
             )
         )
     if prod and s.auth.mode != "jwks":
         problems.append(
-            ConfigProblem(
-                f"{NAMESPACE}:auth.mode",
+            _problem(
+                "auth.mode",
                 "prod verifies tokens with the identity provider's keys: use 'jwks'",
                 s.auth.mode,
             )
         )
     if s.auth.mode == "jwks" and not s.auth.jwks_url:
         problems.append(
-            ConfigProblem(
-                f"{NAMESPACE}:auth.jwksUrl",
+            _problem(
+                "auth.jwksUrl",
                 "required when auth.mode is 'jwks': the https URL of the identity provider's JWKS",
             )
         )
-    if prod and s.postgres.sslmode in {"disable", "require"}:
+    return problems
+
+
+def _postgres_checks(s: StackSettings) -> list[ConfigProblem]:
+    problems = []
+    if s.environment == "prod" and s.postgres.sslmode in {"disable", "require"}:
         problems.append(
-            ConfigProblem(
-                f"{NAMESPACE}:postgres.sslmode",
+            _problem(
+                "postgres.sslmode",
                 "prod verifies the database certificate: use 'verify-full' (or 'verify-ca')",
                 s.postgres.sslmode,
             )
@@ -296,67 +302,77 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     if s.postgres.mode == "external":
         if s.postgres_admin_password is None:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:postgresAdminPassword",
+                _problem(
+                    "postgresAdminPassword",
                     "required in postgres.mode 'external': "
                     "pulumi config set --secret pgplatform:postgresAdminPassword",
                 )
             )
         if s.postgres.sslmode.startswith("verify") and not s.postgres.ca_secret:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:postgres.caSecret",
+                _problem(
+                    "postgres.caSecret",
                     f"sslmode {s.postgres.sslmode!r} needs the name of a Secret holding ca.crt",
                 )
             )
+    return problems
+
+
+def _domain_checks(s: StackSettings) -> list[ConfigProblem]:
+    problems = []
     schemas: dict[str, str] = {}
-    for name in s.domains:
+    for name, domain in s.domains.items():
         schema = s.schema_of(name)
         if schema in schemas:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:domains.{name}.schema",
+                _problem(
+                    f"domains.{name}.schema",
                     f"schema already exposed by domain {schemas[schema]!r}",
                     schema,
                 )
             )
         schemas[schema] = name
-        domain = s.domains[name]
-        if prod and domain.replicas.min < 2:
+        if s.environment == "prod" and domain.replicas.min < 2:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:domains.{name}.replicas.min",
+                _problem(
+                    f"domains.{name}.replicas.min",
                     "prod runs at least 2 replicas per API",
                     domain.replicas.min,
                 )
             )
         if domain.read_from_replicas and s.postgres.mode == "cnpg" and s.postgres.instances < 2:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:domains.{name}.readFromReplicas",
+                _problem(
+                    f"domains.{name}.readFromReplicas",
                     "needs postgres.instances >= 2 (there is no read replica)",
                     True,
                 )
             )
+    return problems
+
+
+def _service_checks(s: StackSettings) -> list[ConfigProblem]:
+    problems = []
     seen: set[str] = set()
     for index, service in enumerate(s.services):
         if service.name in seen:
             problems.append(
-                ConfigProblem(
-                    f"{NAMESPACE}:services[{index}].name", "duplicate service name", service.name
-                )
+                _problem(f"services[{index}].name", "duplicate service name", service.name)
             )
         seen.add(service.name)
-        for schema in service.schemas or ():
-            if schema not in s.domains:
-                problems.append(
-                    ConfigProblem(
-                        f"{NAMESPACE}:services[{index}].schemas",
-                        f"unknown domain; allowed: {sorted(s.domains)}",
-                        schema,
-                    )
-                )
+        problems += [
+            _problem(
+                f"services[{index}].schemas", f"unknown domain; allowed: {sorted(s.domains)}", d
+            )
+            for d in service.schemas or ()
+            if d not in s.domains
+        ]
     return problems
+
+
+def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Rules spanning several keys; run once every key is individually valid."""
+    return _auth_checks(s) + _postgres_checks(s) + _domain_checks(s) + _service_checks(s)
 
 
 def parse_settings(

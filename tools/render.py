@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 REDACTED = "[secret]"
 # Placeholder handed to the program for a `secure:` value: the render never sees real secrets.
-OFFLINE_SECRET = "offline-render-placeholder-secret"
+OFFLINE_SECRET = "offline-render-placeholder-secret"  # noqa: S105 - not a credential
 
 
 class _Phases:
@@ -91,7 +91,12 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
         counts[recorded.type] += 1
         inputs = redact(recorded.inputs)
         rows.append(
-            {"type": recorded.type, "name": recorded.name, "parent": recorded.parent, "inputs": inputs}
+            {
+                "type": recorded.type,
+                "name": recorded.name,
+                "parent": recorded.parent,
+                "inputs": inputs,
+            }
         )
         if not recorded.type.startswith("kubernetes:") or recorded.type.startswith(
             "pulumi:providers:"

@@ -11,7 +11,6 @@ and the others let an API role reach rows or code it cannot see.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -263,12 +262,12 @@ def render_access_sql(plan: AccessPlan, database: str) -> str:
     for role in plan.roles:
         out += _role_sql(role)
     out += ["", "-- database"]
-    for d in plan.database_grants:
-        out.append(f"REVOKE ALL ON DATABASE {quote_ident(database)} FROM {_grantee(d.role)};")
-        if d.privileges:
+    for dbg in plan.database_grants:
+        out.append(f"REVOKE ALL ON DATABASE {quote_ident(database)} FROM {_grantee(dbg.role)};")
+        if dbg.privileges:
             out.append(
-                f"GRANT {', '.join(d.privileges)} ON DATABASE {quote_ident(database)} "
-                f"TO {_grantee(d.role)};"
+                f"GRANT {', '.join(dbg.privileges)} ON DATABASE {quote_ident(database)} "
+                f"TO {_grantee(dbg.role)};"
             )
     out += ["", "-- schemas"]
     for schema in plan.schemas:

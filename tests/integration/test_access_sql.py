@@ -17,7 +17,7 @@ from tests.integration.pg import PgCluster, running_cluster
 pytestmark = pytest.mark.integration
 
 DATABASE = "app"
-AUTH_PASSWORD = "authenticator-test-password"  # noqa: S105 - throw-away test cluster
+AUTH_PASSWORD = "authenticator-test-password"
 EXPECTED_MEMBERS = {
     "staging": {"api_anonymous", "api_user", "api_editor", "api_admin", "api_service_cms"},
     "prod": {"api_user", "api_editor", "api_admin", "api_service_cms"},
@@ -109,7 +109,10 @@ def test_no_api_role_bypasses_rls(stack_db: tuple[str, PgCluster]) -> None:
         ).fetchall()
     assert rows
     for name, superuser, bypass, createrole, createdb, inherit, login in rows:
-        assert not (superuser or bypass or createrole or createdb), name
+        assert not superuser, name
+        assert not bypass, name
+        assert not createrole, name
+        assert not createdb, name
         assert not inherit, name
         assert login == (name == "postgrest"), name
 

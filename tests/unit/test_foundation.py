@@ -191,10 +191,10 @@ def _sql_tuples(sql: str) -> dict[str, set[tuple[Any, ...]]]:
     for schema, role in re.findall(r'^REVOKE ALL ON SCHEMA "(\w+)" FROM (\S+);$', sql, re.M):
         if who(role) == "public" and schema == "public":
             out["usage"].add((schema, "public", ()))
-    grants = dict(
-        (who(role), tuple(p.split(", ")))
+    grants = {
+        who(role): tuple(p.split(", "))
         for p, role in re.findall(r'^GRANT ([A-Z, ]+) ON DATABASE "\w+" TO (\S+);$', sql, re.M)
-    )
+    }
     for role in re.findall(r'^REVOKE ALL ON DATABASE "\w+" FROM (\S+);$', sql, re.M):
         out["database"].add((who(role), grants.get(who(role), ())))
     pattern = (
