@@ -30,8 +30,8 @@ class ManagedPostgresArgs:
     def __post_init__(self) -> None:
         if self.mode not in {"cnpg", "external"}:
             raise ValueError(f"mode: must be 'cnpg' or 'external', got {self.mode!r}")
-        if self.mode == "cnpg" and self.cluster is None:
-            raise ValueError("cluster: required in mode 'cnpg'")
+        if (self.mode == "cnpg") != (self.cluster is not None):
+            raise ValueError("cluster: required in mode 'cnpg' and only there")
         if self.mode == "external" and not (self.external_rw_host and self.external_ro_host):
             raise ValueError("external_rw_host/external_ro_host: required in mode 'external'")
         if self.mode == "external" and self.admin_password is None:

@@ -379,7 +379,8 @@ def parse_settings(
     stack: str, raw: Mapping[str, Any], secret_keys: Iterable[str] = ()
 ) -> StackSettings:
     """Validate ``raw`` (config keys without the ``pgplatform:`` prefix) over the env defaults."""
-    raw = dict(raw)
+    # An empty value is the project file's "use the environment default" (see Pulumi.yaml).
+    raw = {key: value for key, value in raw.items() if value != ""}
     environment = raw.pop("environment", stack)
     if environment not in ENVIRONMENTS:
         raise SettingsError(
@@ -417,10 +418,13 @@ def parse_settings(
     return settings
 
 
-def _decode(value: str) -> Any:
+def decode_config_value(value: str) -> Any:
     """Pulumi hands objects over as JSON text and scalars as plain text."""
-    if value[:1] in "{[":
-        return json.loads(value)
+    if value.startswith(("{", "[")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # reported by validation as "not a valid object/list" with its key
     return value
 
 
@@ -434,7 +438,7 @@ def load_settings() -> StackSettings:
     values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     secret_env = set(runtime_config.get_config_secret_keys_env())
     raw = {
-        key.removeprefix(prefix): _decode(str(value))
+        key.removeprefix(prefix): decode_config_value(str(value))
         for key, value in values.items()
         if key.startswith(prefix)
     }

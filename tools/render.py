@@ -41,12 +41,23 @@ class _Phases:
         print(f"[{self.step}/{self.total}] {text} (+{elapsed:.2f}s)", flush=True)
 
 
+def _project_defaults() -> dict[str, Any]:
+    """Defaults declared in Pulumi.yaml's ``config:`` block, which the engine applies too."""
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text()) or {}
+    return {
+        key: declaration["default"]
+        for key, declaration in (project.get("config") or {}).items()
+        if isinstance(declaration, Mapping) and "default" in declaration
+    }
+
+
 def read_stack_config(path: Path) -> tuple[dict[str, str], list[str]]:
     """Config map and secret keys of a stack file, shaped as the Pulumi engine passes them."""
     document = yaml.safe_load(path.read_text()) or {}
     config: dict[str, str] = {}
     secrets: list[str] = []
-    for key, value in (document.get("config") or {}).items():
+    values = {**_project_defaults(), **(document.get("config") or {})}
+    for key, value in values.items():
         if isinstance(value, Mapping) and set(value) == {"secure"}:
             config[key] = OFFLINE_SECRET
             secrets.append(key)

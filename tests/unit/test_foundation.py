@@ -13,7 +13,7 @@ import pytest
 
 from components import inputs
 from components.render.access import AUTHENTICATOR, render_access_sql
-from components.settings import parse_settings
+from components.settings import decode_config_value, parse_settings
 from tests.conftest import ROOT, run_program, stack_config
 from tools.mocks import RecordingMocks, is_secret
 
@@ -219,7 +219,7 @@ def test_resources_and_sql_carry_the_same_access(
 ) -> None:
     config, secrets = stack_config(stack)
     mocks = run_program(pulumi_mocks, stack, config, secrets)
-    raw = {k.split(":", 1)[1]: json.loads(v) if v[:1] in "{[" else v for k, v in config.items()}
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
     settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
     sql = render_access_sql(inputs.access_plan(settings), settings.postgres.database)
     from_resources = _resource_tuples(mocks)
