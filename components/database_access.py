@@ -89,9 +89,9 @@ class DatabaseAccess(pulumi.ComponentResource):
                 f"{name}-schema-{schema.name}",
                 name=schema.name,
                 database=args.database,
-                owner=schema.owner,
+                owner=schema.owner or args.admin_user,
                 drop_cascade=False,
-                opts=after(schema.owner),
+                opts=after(schema.owner or ""),
             )
 
         for m in plan.memberships:

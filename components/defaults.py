@@ -21,6 +21,33 @@ _RESOURCES_MEDIUM: Final = {
     "limits": {"cpu": "1", "memory": "512Mi"},
 }
 
+
+_COMMON: Final[dict[str, Any]] = {
+    "gateway": {"name": "platform-gateway", "namespace": "gateway"},
+    "vault": {
+        "address": "https://vault.vault.svc:8200",
+        "kvMount": "kv",
+        "kubernetesAuthPath": "kubernetes",
+        "refreshInterval": "1h",
+    },
+    "reservedConnections": {"superuser": 3, "replication": 10, "exporters": 3, "migrations": 5},
+    "observability": {
+        "runbookBaseUrl": "https://github.com/pgplatform/pgplatform/blob/main/docs/runbooks",
+        "prometheusNamespace": "monitoring",
+    },
+    "backup": {
+        "retention": "30d",
+        "schedule": "0 0 2 * * *",
+        "restoreCheckSchedule": "0 4 1 * *",
+    },
+    "graphql": {
+        "schemas": ["identity"],
+        "dbPool": 5,
+        "resources": _RESOURCES_SMALL,
+    },
+    "gitops": {},
+}
+
 _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
     "staging": {
         "namespace": "pgplatform",
@@ -52,6 +79,31 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
             "roleClaimKey": ".role",
             "anonymous": True,
         },
+        "pgbouncer": {
+            "replicas": 2,
+            "maxClientConn": 500,
+            "defaultPoolSize": 10,
+            "reservePoolSize": 2,
+            "serverIdleTimeout": 600,
+            "queryWaitTimeout": 30,
+            "serverTlsSslmode": "require",
+            "resources": _RESOURCES_SMALL,
+        },
+        "observability": {
+            "alerts": {
+                "apiErrorRatio": 0.05,
+                "apiDeniedRatio": 0.2,
+                "apiMinRequestRate": 0.5,
+                "dbConnectionsShare": 0.85,
+                "poolClientsWaiting": 10,
+                "longestTransactionSeconds": 600,
+                "replicationLagSeconds": 120,
+                "backupAgeHours": 26,
+                "restoreCheckMaxAgeDays": 35,
+            },
+        },
+        "backup": {"enabled": False},
+        "graphql": {"enabled": True, "graphiql": True, "replicas": {"min": 1, "max": 2}},
     },
     "prod": {
         "namespace": "pgplatform",
@@ -83,6 +135,31 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
             "roleClaimKey": ".role",
             "anonymous": False,
         },
+        "pgbouncer": {
+            "replicas": 3,
+            "maxClientConn": 1000,
+            "defaultPoolSize": 20,
+            "reservePoolSize": 5,
+            "serverIdleTimeout": 600,
+            "queryWaitTimeout": 15,
+            "serverTlsSslmode": "verify-full",
+            "resources": _RESOURCES_MEDIUM,
+        },
+        "observability": {
+            "alerts": {
+                "apiErrorRatio": 0.01,
+                "apiDeniedRatio": 0.1,
+                "apiMinRequestRate": 1.0,
+                "dbConnectionsShare": 0.8,
+                "poolClientsWaiting": 5,
+                "longestTransactionSeconds": 300,
+                "replicationLagSeconds": 30,
+                "backupAgeHours": 26,
+                "restoreCheckMaxAgeDays": 35,
+            },
+        },
+        "backup": {"enabled": True},
+        "graphql": {"enabled": False, "graphiql": False, "replicas": {"min": 2, "max": 4}},
     },
 }
 
@@ -93,6 +170,8 @@ _DOMAIN_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "readFromReplicas": False,
         "dbPool": 5,
         "resources": _RESOURCES_SMALL,
+        "logLevel": "info",
+        "serverTiming": True,
     },
     "prod": {
         "replicas": {"min": 2, "max": 8},
@@ -100,13 +179,15 @@ _DOMAIN_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "readFromReplicas": False,
         "dbPool": 10,
         "resources": _RESOURCES_MEDIUM,
+        "logLevel": "error",
+        "serverTiming": False,
     },
 }
 
 
 def stack_defaults(environment: str) -> dict[str, Any]:
     """A fresh copy of the defaults of ``environment`` (one of ``ENVIRONMENTS``)."""
-    return copy.deepcopy(_STACK_DEFAULTS[environment])
+    return deep_merge(copy.deepcopy(_COMMON), copy.deepcopy(_STACK_DEFAULTS[environment]))
 
 
 def domain_defaults(environment: str) -> dict[str, Any]:

@@ -6,15 +6,24 @@ the offline renderer, the components and the tests derive identical inputs.
 
 from __future__ import annotations
 
-from components.render.access import AccessInput, AccessPlan, ServiceClient, build_access_plan
+from components.render.access import (
+    AUTHENTICATOR,
+    AccessInput,
+    AccessPlan,
+    ServiceClient,
+    build_access_plan,
+)
+
 from components.render.postgres_cluster import ClusterInput
 from components.settings import StackSettings, duration_ms
+
+GRAPHQL_AUTHENTICATOR = "postgraphile"
 
 
 def access_input(s: StackSettings) -> AccessInput:
     timeouts = s.roles.statement_timeout
     return AccessInput(
-        schemas=tuple(s.schema_of(d) for d in s.domains),
+        schemas=exposed_schemas(s),
         anonymous=s.auth.anonymous,
         timeouts_ms={
             "anonymous": duration_ms(timeouts.anonymous),
@@ -31,6 +40,9 @@ def access_input(s: StackSettings) -> AccessInput:
             )
             for svc in s.services
         ),
+        authenticators=(AUTHENTICATOR, GRAPHQL_AUTHENTICATOR)
+        if s.graphql.enabled
+        else (AUTHENTICATOR,),
     )
 
 
@@ -52,8 +64,14 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
     )
 
 
-def sql_files(s: StackSettings) -> list[tuple[str, str]]:
-    """The ordered SQL bundle that builds the platform's database objects."""
-    from components.render.access import render_access_sql
+def exposed_schemas(s: StackSettings) -> tuple[str, ...]:
+    return tuple(s.schema_of(d) for d in s.domains)
 
-    return [("010_access.sql", render_access_sql(access_plan(s), s.postgres.database))]
+
+def sql_files(s: StackSettings) -> list[tuple[str, str]]:
+    """The ordered SQL bundle: access plan, then the platform baseline for the exposed schemas."""
+    from components.render.access import render_access_sql
+    from components.render.baseline import ACCESS_FILE, stack_sql_files
+
+    access = render_access_sql(access_plan(s), s.postgres.database)
+    return [(ACCESS_FILE, access), *stack_sql_files(exposed_schemas(s))]

@@ -29,7 +29,7 @@ from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack
 NAMESPACE: Final = "pgplatform"
 
 # Keys whose value must be a Pulumi secret (`pulumi config set --secret`).
-SECRET_KEYS: Final = frozenset({"postgresAdminPassword"})
+SECRET_KEYS: Final = frozenset({"postgresAdminPassword", "jwtSecret"})
 
 # Names a domain schema or machine client may not take: PostgreSQL's own, the platform's schemas
 # and the platform's role names (a schema named like a role confuses every GRANT reading it).
@@ -87,6 +87,15 @@ def _duration(value: str) -> str:
     return value
 
 
+_GO_DURATION = re.compile(r"^([1-9][0-9]*(h|m|s))+$")
+
+
+def _go_duration(value: str) -> str:
+    if not _GO_DURATION.match(value):
+        raise ValueError(f"{value!r} is not a Go duration: use e.g. '30s', '15m', '1h'")
+    return value
+
+
 def _quantity(value: str) -> str:
     if not _QUANTITY.match(value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. '250m', '1', '512Mi'")
@@ -96,6 +105,7 @@ def _quantity(value: str) -> str:
 SqlName = Annotated[str, AfterValidator(_sql_name)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
+GoDuration = Annotated[str, AfterValidator(_go_duration)]
 
 
 def duration_ms(value: str) -> int:
@@ -144,6 +154,121 @@ class DomainSettings(_Model):
     read_from_replicas: bool
     db_pool: int = Field(ge=1, le=100)
     resources: ResourceSettings
+    cpu_target: int = Field(default=70, ge=10, le=95)
+    rps_target: int | None = Field(default=None, ge=1)
+    log_level: Literal["crit", "error", "warn", "info", "debug"]
+    server_timing: bool
+
+
+class GatewayRef(_Model):
+    """The Gateway API ``parentRef`` every HTTPRoute attaches to."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    section_name: str | None = None
+    # Forward-auth filter applied to every route: an ExtensionRef to a filter object of the
+    # gateway implementation (e.g. group gateway.envoyproxy.io, kind SecurityPolicy is attached
+    # by policy instead; group traefik.io kind Middleware is referenced here).
+    forward_auth_group: str | None = None
+    forward_auth_kind: str | None = None
+    forward_auth_name: str | None = None
+
+    @model_validator(mode="after")
+    def _forward_auth_complete(self) -> GatewayRef:
+        parts = (self.forward_auth_group, self.forward_auth_kind, self.forward_auth_name)
+        if any(parts) and not all(parts):
+            raise ValueError(
+                "forwardAuthGroup, forwardAuthKind and forwardAuthName go together: set all or none"
+            )
+        return self
+
+
+class VaultSettings(_Model):
+    """Where secrets live and how the cluster authenticates to Vault."""
+
+    address: str = Field(pattern=r"^https://")
+    kv_mount: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    kubernetes_auth_path: str = Field(pattern=r"^[A-Za-z0-9_/-]+$")
+    refresh_interval: GoDuration
+
+
+class PgBouncerSettings(_Model):
+    """The connection pooler in front of the database (transaction pooling)."""
+
+    replicas: int = Field(ge=1, le=20)
+    max_client_conn: int = Field(ge=10, le=100_000)
+    default_pool_size: int = Field(ge=1, le=1000)
+    reserve_pool_size: int = Field(ge=0, le=100)
+    server_idle_timeout: int = Field(ge=0, le=86_400)
+    query_wait_timeout: int = Field(ge=1, le=3600)
+    server_tls_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+    resources: ResourceSettings
+
+
+class ReservedConnections(_Model):
+    """Server connections kept free of the pools in the connection budget."""
+
+    superuser: int = Field(ge=0)
+    replication: int = Field(ge=0)
+    exporters: int = Field(ge=0)
+    migrations: int = Field(ge=0)
+
+
+class AlertSettings(_Model):
+    api_error_ratio: float = Field(gt=0, lt=1)
+    api_denied_ratio: float = Field(gt=0, lt=1)
+    api_min_request_rate: float = Field(ge=0)
+    db_connections_share: float = Field(gt=0, le=1)
+    pool_clients_waiting: int = Field(ge=0)
+    longest_transaction_seconds: int = Field(ge=1)
+    replication_lag_seconds: int = Field(ge=1)
+    backup_age_hours: int = Field(ge=1)
+    restore_check_max_age_days: int = Field(ge=1)
+
+
+class ObservabilitySettings(_Model):
+    alerts: AlertSettings
+    runbook_base_url: str = Field(pattern=r"^https://")
+    prometheus_namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+
+
+class BackupSettings(_Model):
+    """CloudNativePG backups (object store + WAL archive) and the monthly restore check."""
+
+    enabled: bool
+    destination_path: str | None = Field(default=None, pattern=r"^(s3|gs|https)://")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    credentials_secret: str | None = None
+    retention: str = Field(pattern=r"^[1-9][0-9]*[dwm]$")
+    schedule: str
+    restore_check_schedule: str
+
+    @model_validator(mode="after")
+    def _destination(self) -> BackupSettings:
+        if self.enabled and not (self.destination_path and self.credentials_secret):
+            raise ValueError(
+                "enabled backups need 'destinationPath' (s3://, gs:// or https://) "
+                "and 'credentialsSecret'"
+            )
+        return self
+
+
+class GraphqlSettings(_Model):
+    """The PostGraphile pilot."""
+
+    enabled: bool
+    schemas: list[SqlName] = Field(min_length=1)
+    graphiql: bool
+    replicas: ReplicaRange
+    db_pool: int = Field(ge=1, le=100)
+    resources: ResourceSettings
+
+
+class GitopsSettings(_Model):
+    """Render manifests to a directory instead of applying them (for Argo CD / Flux)."""
+
+    render_directory: str | None = None
 
 
 class ServiceSettings(_Model):
@@ -211,7 +336,16 @@ class StackSettings(_Model):
     auth: AuthSettings
     domains: dict[SqlName, DomainSettings] = Field(min_length=1)
     services: list[ServiceSettings] = Field(default_factory=list)
+    gateway: GatewayRef
+    vault: VaultSettings
+    pgbouncer: PgBouncerSettings
+    reserved_connections: ReservedConnections
+    observability: ObservabilitySettings
+    backup: BackupSettings
+    graphql: GraphqlSettings
+    gitops: GitopsSettings
     postgres_admin_password: SecretStr | None = None
+    jwt_secret: SecretStr | None = None
 
     def schema_of(self, domain: str) -> str:
         """The schema a domain exposes (defaults to the domain name)."""
@@ -370,9 +504,53 @@ def _service_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _feature_checks(s: StackSettings) -> list[ConfigProblem]:
+    problems = []
+    if s.graphql.enabled:
+        problems += [
+            _problem("graphql.schemas", f"unknown domain; allowed: {sorted(s.domains)}", d)
+            for d in s.graphql.schemas
+            if d not in s.domains
+        ]
+    if s.environment == "prod" and s.graphql.graphiql:
+        problems.append(
+            _problem("graphql.graphiql", "GraphiQL stays off in prod: set it to false", True)
+        )
+    if s.environment == "prod" and s.postgres.mode == "cnpg" and not s.backup.enabled:
+        problems.append(
+            _problem("backup.enabled", "prod keeps backups with WAL archiving: set it to true")
+        )
+    if s.backup.enabled and s.postgres.mode == "external":
+        problems.append(
+            _problem(
+                "backup.enabled",
+                "backups are configured on the managed service in postgres.mode 'external'",
+                True,
+            )
+        )
+    if s.environment == "prod" and s.pgbouncer.server_tls_sslmode not in {
+        "verify-ca",
+        "verify-full",
+    }:
+        problems.append(
+            _problem(
+                "pgbouncer.serverTlsSslmode",
+                "prod verifies the database certificate: use 'verify-full' (or 'verify-ca')",
+                s.pgbouncer.server_tls_sslmode,
+            )
+        )
+    return problems
+
+
 def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     """Rules spanning several keys; run once every key is individually valid."""
-    return _auth_checks(s) + _postgres_checks(s) + _domain_checks(s) + _service_checks(s)
+    return (
+        _auth_checks(s)
+        + _postgres_checks(s)
+        + _domain_checks(s)
+        + _service_checks(s)
+        + _feature_checks(s)
+    )
 
 
 def parse_settings(

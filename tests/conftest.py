@@ -51,8 +51,11 @@ def run_program(
     if config is None:
         config, secret_keys = stack_config(stack)
     mocks = install(stack, config, secret_keys)
-    build_platform(load_settings())
-    recording.settle()
+    try:
+        build_platform(load_settings())
+    finally:
+        # Drain even on failure: a registration left pending would hang the next test.
+        recording.settle()
     return mocks
 
 

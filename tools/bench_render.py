@@ -6,7 +6,7 @@ Compares, in the same run and as separate processes (what a user waits for):
 - a bare import of the Pulumi SDKs the program uses;
 - ``python -m tools.render --stack prod`` (what ``make render STACK=prod`` runs);
 - a synthetic 50-domain copy of the prod stack against the 3-domain prod stack.
-Targets: render ≤ 2× the bare import; 50 domains ≤ 4× the 3-domain time.
+Targets: render <= 2x the bare import; 50 domains <= 4x the 3-domain time.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 AUTHENTICATOR: Final = "postgrest"
+POOLER_LOOKUP: Final = "pgbouncer_auth"
 OWNER: Final = "pgplatform_owner"
 ANONYMOUS: Final = "api_anonymous"
 USER: Final = "api_user"
@@ -58,6 +59,8 @@ class AccessInput:
     timeouts_ms: dict[str, int]
     services: tuple[ServiceClient, ...] = ()
     authenticators: tuple[str, ...] = (AUTHENTICATOR,)
+    # Login roles that switch to nothing (PgBouncer's auth_query lookup role).
+    service_logins: tuple[str, ...] = (POOLER_LOOKUP,)
 
     def __post_init__(self) -> None:
         missing = {"anonymous", "user", "editor", "admin"} - self.timeouts_ms.keys()
@@ -78,8 +81,14 @@ class RoleSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class SchemaSpec:
+    """``owner`` None: the admin role applying the plan owns it (``CURRENT_USER`` in SQL).
+
+    The platform's own schemas are not owned by ``pgplatform_owner``: migrations run as that
+    role, and a schema owner may drop anything inside, the audit log and RLS guard included.
+    """
+
     name: str
-    owner: str
+    owner: str | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,19 +166,22 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
     roles = [RoleSpec(name=OWNER, login=False, inherit=False)]
     roles += [
         RoleSpec(name=name, login=True, inherit=False, with_password=True)
-        for name in inp.authenticators
+        for name in (*inp.authenticators, *inp.service_logins)
     ]
     roles += [
         RoleSpec(name=role, login=False, inherit=False, statement_timeout_ms=timeout)
         for role, _, _, timeout in api
     ]
-    schemas = [SchemaSpec(name=s, owner=OWNER) for s in (*inp.schemas, PLATFORM_SCHEMA)]
-    schemas.append(SchemaSpec(name=AUDIT_SCHEMA, owner=OWNER))
+    schemas = [SchemaSpec(name=s, owner=OWNER) for s in inp.schemas]
+    schemas += [SchemaSpec(name=s, owner=None) for s in (PLATFORM_SCHEMA, AUDIT_SCHEMA)]
     memberships = [
         Membership(role=role, member=auth) for auth in inp.authenticators for role, *_ in api
     ]
     database_grants = [DatabaseGrant(role="public", privileges=())]
-    database_grants += [DatabaseGrant(role=a, privileges=("CONNECT",)) for a in inp.authenticators]
+    database_grants += [
+        DatabaseGrant(role=a, privileges=("CONNECT",))
+        for a in (*inp.authenticators, *inp.service_logins)
+    ]
     # Nobody but the owner creates objects in the public schema (PostgreSQL < 15 allowed all).
     schema_grants: list[SchemaGrant] = [SchemaGrant(schema="public", role="public", privileges=())]
     default_grants: list[DefaultGrant] = []
@@ -272,9 +284,10 @@ def render_access_sql(plan: AccessPlan, database: str) -> str:
     out += ["", "-- schemas"]
     for schema in plan.schemas:
         q = quote_ident(schema.name)
+        owner = quote_ident(schema.owner) if schema.owner else "CURRENT_USER"
         out += [
-            f"CREATE SCHEMA IF NOT EXISTS {q} AUTHORIZATION {quote_ident(schema.owner)};",
-            f"ALTER SCHEMA {q} OWNER TO {quote_ident(schema.owner)};",
+            f"CREATE SCHEMA IF NOT EXISTS {q} AUTHORIZATION {owner};",
+            f"ALTER SCHEMA {q} OWNER TO {owner};",
             f"REVOKE ALL ON SCHEMA {q} FROM PUBLIC;",
         ]
     out += ["", "-- memberships: the roles an authenticator may SET ROLE to"]

@@ -45,8 +45,9 @@ def stack_db(
             conn.execute("SET ROLE pgplatform_owner")
             for schema in ("identity", "content", "analytics"):
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {schema}.probe (id int, note text)")
-                conn.execute(f"INSERT INTO {schema}.probe VALUES (1, 'x')")
             conn.execute("RESET ROLE")
+            for schema in ("identity", "content", "analytics"):  # superuser: RLS does not apply
+                conn.execute(f"INSERT INTO {schema}.probe VALUES (1, 'x')")
         yield stack, cluster
 
 

@@ -93,6 +93,13 @@ def test_authenticator_members_exactly_the_api_roles(
         for r in mocks.by_type(GRANT_ROLE)
         if r.inputs["role"] == AUTHENTICATOR
     }
+    graphql = {
+        r.inputs["grantRole"]
+        for r in mocks.by_type(GRANT_ROLE)
+        if r.inputs["role"] == "postgraphile"
+    }
+    # The GraphQL pilot's authenticator exists where the pilot runs (staging) and mirrors postgrest.
+    assert graphql == (granted if stack == "staging" else set())
     expected = {"api_user", "api_editor", "api_admin", "api_service_cms"}
     if stack == "staging":
         expected.add("api_anonymous")
@@ -120,6 +127,7 @@ def test_external_mode_creates_no_cluster(pulumi_mocks: Callable[..., RecordingM
         }
     )
     config["pgplatform:postgresAdminPassword"] = "s3cret-admin"
+    config["pgplatform:backup"] = json.dumps({"enabled": False})
     mocks = run_program(
         pulumi_mocks, "prod", config, [*secrets, "pgplatform:postgresAdminPassword"]
     )

@@ -25,6 +25,7 @@ _PROD: dict[str, Any] = {
     "publicBaseUrl": "https://api.example.com",
     "auth": {"audience": "pgplatform", "jwksUrl": "https://id.example.com/jwks.json"},
     "domains": {"identity": {}, "content": {}, "analytics": {"readFromReplicas": True}},
+    "backup": {"destinationPath": "s3://backups/pg", "credentialsSecret": "backup-s3"},
 }
 
 

@@ -1,0 +1,115 @@
+-- Audit trail: every write to an audited table, with the subject and API role that made it.
+--
+-- audit.log is written only by the trigger function audit.record() (SECURITY DEFINER), so the
+-- API roles never need, and never get, any privilege on it: a compromised token can neither
+-- read the trail nor forge or erase entries.
+
+CREATE TABLE IF NOT EXISTS audit.log (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    schema_name name        NOT NULL,
+    table_name  name        NOT NULL,
+    op          text        NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    old_row     jsonb,
+    new_row     jsonb,
+    sub         text,
+    role        name        NOT NULL,
+    txid        bigint      NOT NULL DEFAULT pg_catalog.txid_current()
+);
+
+COMMENT ON TABLE audit.log IS
+    'One row per audited row change (TRUNCATE: per statement). sub: JWT subject; role: the API role of the request.';
+
+CREATE INDEX IF NOT EXISTS log_table_at_idx ON audit.log (schema_name, table_name, at);
+CREATE INDEX IF NOT EXISTS log_sub_at_idx ON audit.log (sub, at);
+
+-- Only the owner holds privileges on the log and its identity sequence, whatever default
+-- privileges 010_access.sql set up for the schema.
+DO $$
+DECLARE
+    target regclass;
+    grantee text;
+BEGIN
+    FOREACH target IN ARRAY ARRAY['audit.log'::regclass, 'audit.log_id_seq'::regclass]
+    LOOP
+        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', target);
+        FOR grantee IN
+            SELECT DISTINCT r.rolname
+            FROM pg_catalog.pg_class c
+            CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+            JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+            WHERE c.oid = target AND a.grantee <> c.relowner
+        LOOP
+            EXECUTE format('REVOKE ALL ON %s FROM %I', target, grantee);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- The role of a request is the one PostgREST switched to with SET LOCAL ROLE. Inside a SECURITY
+-- DEFINER function current_user is the owner, but the "role" setting still names the role the
+-- session switched to ('none' without SET ROLE: then the login role is the requester).
+CREATE OR REPLACE FUNCTION audit.record()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    requester name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+BEGIN
+    INSERT INTO audit.log (schema_name, table_name, op, old_row, new_row, sub, role)
+    VALUES (
+        TG_TABLE_SCHEMA,
+        TG_TABLE_NAME,
+        TG_OP,
+        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+        platform.jwt_sub(),
+        requester
+    );
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION audit.record() IS
+    'AFTER trigger writing audit.log; attach with platform.enable_audit(regclass).';
+
+-- Attaching a trigger needs EXECUTE on its function: only the schema owner (and superusers)
+-- may attach audit.record(); firing it needs no privilege of the writer.
+REVOKE ALL ON FUNCTION audit.record() FROM PUBLIC;
+
+-- Runs as the caller, so it can only add auditing to tables the caller may put triggers on.
+CREATE OR REPLACE FUNCTION platform.enable_audit(target regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    kind "char";
+BEGIN
+    SELECT c.relkind INTO kind FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF kind IS DISTINCT FROM 'r' AND kind IS DISTINCT FROM 'p' THEN
+        RAISE EXCEPTION 'platform.enable_audit: % is not a table', target
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF target = 'audit.log'::regclass THEN
+        RAISE EXCEPTION 'platform.enable_audit: audit.log cannot audit itself'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER audit_record AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'FOR EACH ROW EXECUTE FUNCTION audit.record()', target);
+    EXECUTE format(
+        'CREATE OR REPLACE TRIGGER audit_record_truncate AFTER TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION audit.record()', target);
+END
+$$;
+
+COMMENT ON FUNCTION platform.enable_audit(regclass) IS
+    'Attach audit.record() to a table (idempotent); run by the table owner.';
+
+REVOKE ALL ON FUNCTION platform.enable_audit(regclass) FROM PUBLIC;
+
+GRANT USAGE ON SCHEMA audit, platform TO pgplatform_owner;
+GRANT EXECUTE ON FUNCTION audit.record(), platform.enable_audit(regclass) TO pgplatform_owner;
