@@ -13,7 +13,6 @@ from components.render.access import (
     ServiceClient,
     build_access_plan,
 )
-
 from components.render.postgres_cluster import ClusterInput
 from components.settings import StackSettings, duration_ms
 

@@ -72,7 +72,9 @@ def pod_security_context(uid: int = DEFAULT_UID) -> dict[str, Any]:
     }
 
 
-def http_probe(path: str, port: int | str, *, period: int = 10, failures: int = 3) -> dict[str, Any]:
+def http_probe(
+    path: str, port: int | str, *, period: int = 10, failures: int = 3
+) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
