@@ -187,30 +187,28 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
     default_grants: list[DefaultGrant] = []
     for role, level, role_schemas, _ in api:
         schema_grants.append(SchemaGrant(schema=PLATFORM_SCHEMA, role=role))
-        for schema in role_schemas:
-            schema_grants.append(SchemaGrant(schema=schema, role=role))
+        schema_grants += [SchemaGrant(schema=schema, role=role) for schema in role_schemas]
+        # A role reaching every exposed schema gets owner-wide default privileges: the owner
+        # creates objects only in exposed schemas, and this keeps the grant count independent of
+        # the number of domains. A role limited to some schemas gets them per schema.
+        scopes: tuple[str | None, ...] = (
+            (None,) if set(role_schemas) == set(inp.schemas) else tuple(role_schemas)
+        )
+        matrix: tuple[tuple[ObjectType, tuple[str, ...]], ...] = (
+            ("table", _TABLE_PRIVILEGES[level]),
+            ("sequence", _SEQUENCE_PRIVILEGES[level]),
+            ("function", ("EXECUTE",)),
+        )
+        for scope in scopes:
             default_grants += [
                 DefaultGrant(
                     owner=OWNER,
-                    schema=schema,
+                    schema=scope,
                     role=role,
-                    object_type="table",
-                    privileges=_TABLE_PRIVILEGES[level],
-                ),
-                DefaultGrant(
-                    owner=OWNER,
-                    schema=schema,
-                    role=role,
-                    object_type="sequence",
-                    privileges=_SEQUENCE_PRIVILEGES[level],
-                ),
-                DefaultGrant(
-                    owner=OWNER,
-                    schema=schema,
-                    role=role,
-                    object_type="function",
-                    privileges=("EXECUTE",),
-                ),
+                    object_type=object_type,
+                    privileges=privileges,
+                )
+                for object_type, privileges in matrix
             ]
     # Functions are executable by PUBLIC by default, which would include the authenticator.
     default_grants.append(
