@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all test unit integration lint format typecheck bench clean
+.PHONY: setup render render-all test unit integration lint lint-workflows format typecheck bench bench-db clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ render-all: setup
 	$(BIN)/python -m tools.render --stack staging
 	$(BIN)/python -m tools.render --stack prod
 
-lint: setup
+lint: setup lint-workflows
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# GitHub workflows and local actions; the actionlint binary comes from PyPI, so this runs offline.
+# Its shellcheck/pyflakes hooks are off so that every machine gives the same answer.
+lint-workflows: setup
+	$(BIN)/actionlint -shellcheck= -pyflakes=
 
 format: setup
 	$(BIN)/ruff format .
@@ -42,6 +47,12 @@ test: lint typecheck render-all
 
 bench: setup
 	$(BIN)/python tools/bench_render.py
+
+# Database benchmarks (docs/database.md): RLS overhead on 1M rows, then pgbench through the
+# rendered PgBouncer. Each prints its numbers and exits non-zero when a target is missed.
+bench-db: setup
+	$(BIN)/python -m bench.rls_overhead
+	$(BIN)/python -m bench.pooling
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache

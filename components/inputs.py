@@ -7,13 +7,25 @@ the offline renderer, the components and the tests derive identical inputs.
 from __future__ import annotations
 
 from components.render.access import (
+    AUDIT_SCHEMA,
     AUTHENTICATOR,
+    MONITOR,
+    PLATFORM_SCHEMA,
     AccessInput,
     AccessPlan,
     ServiceClient,
     build_access_plan,
 )
-from components.render.postgres_cluster import ClusterInput
+from components.render.alerts import AlertThresholds
+from components.render.budget import BudgetInput
+from components.render.domain_api import DomainApiSpec
+from components.render.graphql_workload import NetworkInput, RouteInput
+from components.render.observability import ExporterInput
+from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
+from components.render.postgraphile import PostgraphileInput
+from components.render.postgres_cluster import ClusterInput, ObjectStoreInput
+from components.render.postgrest import PostgrestConfInput
+from components.render.restore_check import RestoreCheckInput
 from components.settings import StackSettings, duration_ms
 
 GRAPHQL_AUTHENTICATOR = "postgraphile"
@@ -42,6 +54,8 @@ def access_input(s: StackSettings) -> AccessInput:
         authenticators=(AUTHENTICATOR, GRAPHQL_AUTHENTICATOR)
         if s.graphql.enabled
         else (AUTHENTICATOR,),
+        # CloudNativePG's exporter runs inside the instances; an external database needs ours.
+        monitoring_logins=(MONITOR,) if s.postgres.mode == "external" else (),
     )
 
 
@@ -60,6 +74,20 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
         admin_user=pg.admin_user,
         admin_secret=admin_secret,
         resources=pg.resources.model_dump(),
+        backup=backup_store(s),
+    )
+
+
+def backup_store(s: StackSettings) -> ObjectStoreInput | None:
+    """The object store of base backups and WAL; None when backups are off."""
+    b = s.backup
+    if not b.enabled or s.postgres.mode != "cnpg":
+        return None
+    return ObjectStoreInput(
+        destination_path=b.destination_path or "",
+        credentials_secret=b.credentials_secret or "",
+        retention=b.retention,
+        endpoint_url=b.endpoint_url,
     )
 
 
@@ -74,3 +102,273 @@ def sql_files(s: StackSettings) -> list[tuple[str, str]]:
 
     access = render_access_sql(access_plan(s), s.postgres.database)
     return [(ACCESS_FILE, access), *stack_sql_files(exposed_schemas(s))]
+
+
+def pgbouncer_host(s: StackSettings) -> str:
+    """In-cluster DNS name of the PgBouncer Service (contract: Service ``pgbouncer``)."""
+    return f"pgbouncer.{s.namespace}.svc.cluster.local"
+
+
+def domain_public_url(s: StackSettings, domain: str) -> str:
+    """Public base URL of a domain API (the gateway route prefix)."""
+    from components.render.domain_api import route_prefix
+
+    return f"{s.public_base_url}{route_prefix(domain)}"
+
+
+def postgrest_conf_input(s: StackSettings, domain: str) -> PostgrestConfInput:
+    """``postgrest.conf`` inputs of one domain: PgBouncer pool, JWT key file, limits, logging."""
+    from components.render.domain_api import dns_name
+    from components.render.pgbouncer import RO_SUFFIX, RW_SUFFIX
+    from components.render.postgrest import HS256_SECRET_FILE, JWKS_FILE
+
+    d = s.domains[domain]
+    return PostgrestConfInput(
+        domain=dns_name(domain),
+        schema=s.schema_of(domain),
+        db_host=pgbouncer_host(s),
+        db_port=5432,
+        db_name=s.postgres.database + (RO_SUFFIX if d.read_from_replicas else RW_SUFFIX),
+        db_user=AUTHENTICATOR,
+        anon_role="api_anonymous" if s.auth.anonymous else None,
+        jwt_secret_file=JWKS_FILE if s.auth.mode == "jwks" else HS256_SECRET_FILE,
+        jwt_audience=s.auth.audience,
+        role_claim_key=s.auth.role_claim_key,
+        db_pool=d.db_pool,
+        db_max_rows=d.max_rows,
+        pre_request="platform.pre_request",
+        public_url=domain_public_url(s, domain),
+        log_level=d.log_level,
+        server_timing_enabled=d.server_timing,
+        trace_header="X-Request-Id",
+    )
+
+
+def domain_api_spec(s: StackSettings, domain: str) -> DomainApiSpec:
+    """Manifest inputs of one domain API."""
+    from urllib.parse import urlsplit
+
+    from components.render.domain_api import ForwardAuth, GatewayParent
+    from components.render.pods import Resources
+
+    d = s.domains[domain]
+    gw = s.gateway
+    forward_auth = (
+        ForwardAuth(
+            group=gw.forward_auth_group, kind=gw.forward_auth_kind, name=gw.forward_auth_name
+        )
+        if gw.forward_auth_group and gw.forward_auth_kind and gw.forward_auth_name
+        else None
+    )
+    return DomainApiSpec(
+        domain=domain,
+        namespace=s.namespace,
+        replicas_min=d.replicas.min,
+        replicas_max=d.replicas.max,
+        cpu_target=d.cpu_target,
+        rps_target=d.rps_target,
+        resources=Resources(
+            cpu_request=d.resources.requests.cpu,
+            memory_request=d.resources.requests.memory,
+            cpu_limit=d.resources.limits.cpu,
+            memory_limit=d.resources.limits.memory,
+        ),
+        auth_mode=s.auth.mode,
+        gateway=GatewayParent(
+            name=gw.name,
+            namespace=gw.namespace,
+            section_name=gw.section_name,
+            forward_auth=forward_auth,
+        ),
+        public_host=urlsplit(s.public_base_url).hostname or "",
+        prometheus_namespace=s.observability.prometheus_namespace,
+    )
+
+
+def postgraphile_input(s: StackSettings) -> PostgraphileInput:
+    """The GraphQL pilot's PostGraphile: the REST APIs' audience, role claim, anonymous role,
+    pre-request function and key source, on the rw pool as its own authenticator."""
+    from components.render import graphql_workload as gw
+    from components.render.access import ANONYMOUS
+    from components.render.pgbouncer import RW_SUFFIX
+    from components.render.postgraphile import SecretKeyRef
+
+    g = s.graphql
+    route = gw.route_path(tuple(g.schemas))
+    secret = gw.secret_name()
+    hs256 = s.auth.mode == "hs256"
+    return PostgraphileInput(
+        schemas=tuple(s.schema_of(d) for d in g.schemas),
+        db_host=pgbouncer_host(s),
+        db_port=5432,
+        db_name=s.postgres.database + RW_SUFFIX,
+        db_user=GRAPHQL_AUTHENTICATOR,
+        db_password=SecretKeyRef(name=secret, key=gw.PASSWORD_KEY),
+        db_sslmode="disable",
+        jwt_audience=s.auth.audience,
+        jwt_role_claim_key=s.auth.role_claim_key,
+        jwt_secret=SecretKeyRef(name=secret, key=gw.JWT_SECRET_KEY) if hs256 else None,
+        jwks_file=None if hs256 else f"{gw.JWKS_DIR}/{gw.JWKS_KEY}",
+        default_role=ANONYMOUS if s.auth.anonymous else None,
+        pre_request="platform.pre_request",
+        graphiql=g.graphiql,
+        graphql_route=route,
+        graphiql_route=f"{route}/graphiql",
+        max_pool_size=g.db_pool,
+        npm_registry=g.npm_registry,
+    )
+
+
+def graphql_route_input(s: StackSettings) -> RouteInput:
+    """The pilot's HTTPRoute: the parentRef and forward-auth filter of its domain's REST route."""
+    from components.render import graphql_workload as gw
+
+    g = s.graphql
+    rest = domain_api_spec(s, g.schemas[0])
+    route = gw.route_path(tuple(g.schemas))
+    return RouteInput(
+        gateway=rest.gateway,
+        public_host=rest.public_host,
+        paths=(route, f"{route}/graphiql") if g.graphiql else (route,),
+        service_port=postgraphile_input(s).port,
+    )
+
+
+def graphql_network_input(s: StackSettings) -> NetworkInput:
+    """Gateway in; PgBouncer, DNS and the npm registry (install step) out."""
+    from components.render import graphql_workload as gw
+    from components.render.pods import selector_labels
+
+    return NetworkInput(
+        gateway_namespace=s.gateway.namespace,
+        server_port=postgraphile_input(s).port,
+        pgbouncer_selector=selector_labels("pgbouncer", "pgbouncer"),
+        pgbouncer_port=5432,
+        registry_port=gw.registry_port(s.graphql.npm_registry),
+        registry_cidrs=tuple(s.graphql.npm_registry_cidrs),
+    )
+
+
+def budget_input(s: StackSettings) -> BudgetInput:
+    """The connection budget of the stack (components/render/budget.py).
+
+    A pool's users are the login roles that connect to it: PostgREST (``postgrest``) uses the
+    ro pool for domains reading from replicas and the rw pool for the others; the GraphQL pilot
+    (``postgraphile``) uses the rw pool.
+    """
+    from components.render.budget import ApiClients, PoolUsers
+    from components.render.pgbouncer import AUTH_USER_MAX_CONNECTIONS, RO_SUFFIX, RW_SUFFIX
+
+    rw: list[str] = []
+    ro: list[str] = []
+    if any(not d.read_from_replicas for d in s.domains.values()):
+        rw.append(AUTHENTICATOR)
+    if any(d.read_from_replicas for d in s.domains.values()):
+        ro.append(AUTHENTICATOR)
+    clients = [
+        ApiClients(name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool)
+        for name, d in s.domains.items()
+    ]
+    if s.graphql.enabled:
+        rw.append(GRAPHQL_AUTHENTICATOR)
+        clients.append(
+            ApiClients(
+                name="graphql", max_replicas=s.graphql.replicas.max, db_pool=s.graphql.db_pool
+            )
+        )
+    db = s.postgres.database
+    pg = s.pgbouncer
+    return BudgetInput(
+        max_connections=s.postgres.max_connections,
+        reserved=s.reserved_connections.model_dump(),
+        pgbouncer_replicas=pg.replicas,
+        default_pool_size=pg.default_pool_size,
+        reserve_pool_size=pg.reserve_pool_size,
+        lookup_connections=AUTH_USER_MAX_CONNECTIONS,
+        max_client_conn=pg.max_client_conn,
+        pools=(
+            PoolUsers(pool=db + RW_SUFFIX, users=tuple(rw)),
+            PoolUsers(pool=db + RO_SUFFIX, users=tuple(ro)),
+        ),
+        clients=tuple(clients),
+    )
+
+
+# -- observability and backups -----------------------------------------------------------------
+
+CLUSTER_NAME = "postgres-db"
+"""``ManagedPostgres("postgres")`` names its CloudNativePG Cluster ``<name>-db``."""
+
+
+def alert_thresholds(s: StackSettings) -> AlertThresholds:
+    """The stack's alert thresholds (``observability.alerts``, env defaults in defaults.py)."""
+    return AlertThresholds(**s.observability.alerts.model_dump())
+
+
+def expected_replicas(s: StackSettings) -> int:
+    """Streaming standbys the primary should report (CloudNativePG: instances - 1)."""
+    return s.postgres.instances - 1 if s.postgres.mode == "cnpg" else 0
+
+
+def restore_check_input(s: StackSettings) -> RestoreCheckInput | None:
+    """The monthly restore verification; None without backups."""
+    store = backup_store(s)
+    if store is None:
+        return None
+    return RestoreCheckInput(
+        namespace=s.namespace,
+        source_cluster=CLUSTER_NAME,
+        database=s.postgres.database,
+        schemas=(*exposed_schemas(s), PLATFORM_SCHEMA, AUDIT_SCHEMA),
+        schedule=s.backup.restore_check_schedule,
+        destination_path=store.destination_path,
+    )
+
+
+def exporter_input(s: StackSettings) -> ExporterInput | None:
+    """postgres_exporter for an external database; None in mode cnpg."""
+    pg = s.postgres
+    if pg.mode != "external":
+        return None
+    return ExporterInput(
+        namespace=s.namespace,
+        host=pg.host or "",
+        port=pg.port,
+        database=pg.database,
+        user=MONITOR,
+        sslmode=pg.sslmode,
+        ca_secret=pg.ca_secret,
+        prometheus_namespace=s.observability.prometheus_namespace,
+    )
+
+
+def pgbouncer_pool_spec(s: StackSettings) -> PgBouncerPoolSpec:
+    """Manifest inputs of the pooler (the database egress and CA follow from ManagedPostgres)."""
+    from components.render.pods import Resources
+
+    pg = s.pgbouncer
+    r = pg.resources
+    return PgBouncerPoolSpec(
+        namespace=s.namespace,
+        replicas=pg.replicas,
+        resources=Resources(
+            cpu_request=r.requests.cpu,
+            memory_request=r.requests.memory,
+            cpu_limit=r.limits.cpu,
+            memory_limit=r.limits.memory,
+        ),
+        prometheus_namespace=s.observability.prometheus_namespace,
+    )
+
+
+def pgbouncer_pool_settings(s: StackSettings) -> PoolSettings:
+    """The ``pgbouncer.*`` knobs that reach ``pgbouncer.ini``."""
+    pg = s.pgbouncer
+    return PoolSettings(
+        max_client_conn=pg.max_client_conn,
+        default_pool_size=pg.default_pool_size,
+        reserve_pool_size=pg.reserve_pool_size,
+        server_idle_timeout=pg.server_idle_timeout,
+        query_wait_timeout=pg.query_wait_timeout,
+        server_tls_sslmode=pg.server_tls_sslmode,
+    )

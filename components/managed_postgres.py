@@ -9,7 +9,19 @@ import pulumi_random as random
 
 from components.k8s import KubeObject, meta
 from components.render import pods
-from components.render.postgres_cluster import CNPG_API_VERSION, ClusterInput, cluster_spec
+from components.render.baseline import BOOTSTRAP_KEY
+from components.render.metrics_catalog import cnpg_custom_queries_yaml
+from components.render.postgres_cluster import (
+    CNPG_API_VERSION,
+    CUSTOM_QUERIES_KEY,
+    ClusterInput,
+    cluster_spec,
+)
+from components.settings import VaultSettings
+from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+
+BOOTSTRAP_SUFFIX = "bootstrap-sql"
+"""``<cluster>-bootstrap-sql``: the ConfigMap with the superuser part of the SQL baseline."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -17,6 +29,9 @@ class ManagedPostgresArgs:
     """``mode`` cnpg creates a Cluster; external only publishes the given endpoints."""
 
     namespace: str
+    env: str
+    """Stack name (the Vault KV path of the admin credentials)."""
+    vault: VaultSettings
     mode: str
     database: str
     port: int
@@ -26,6 +41,9 @@ class ManagedPostgresArgs:
     external_ro_host: str | None = None
     admin_password: pulumi.Input[str] | None = None
     external_ca_secret: str | None = None
+    bootstrap_sql: str | None = None
+    """Mode cnpg: SQL CloudNativePG runs once as superuser in the new application database
+    (the superuser part of the platform baseline, docs/database.md)."""
 
     def __post_init__(self) -> None:
         if self.mode not in {"cnpg", "external"}:
@@ -53,6 +71,8 @@ class ManagedPostgres(pulumi.ComponentResource):
     """Kubernetes Secret (username/password) of the admin role."""
     ca_secret_name: pulumi.Output[str]
     """Kubernetes Secret whose ``ca.crt`` verifies the server certificate ("" if unknown)."""
+    cluster_name: pulumi.Output[str]
+    """Name of the CloudNativePG Cluster ("" in mode external)."""
 
     def __init__(
         self, name: str, args: ManagedPostgresArgs, opts: pulumi.ResourceOptions | None = None
@@ -73,55 +93,86 @@ class ManagedPostgres(pulumi.ComponentResource):
             password = generated.result
             self.admin_password = pulumi.Output.secret(password)
 
-        admin_secret = KubeObject(
-            f"{name}-admin",
+        # The admin credentials reach Kubernetes only through Vault (no Secret with a literal
+        # value is ever registered, so GitOps render mode writes none to disk either).
+        account = KubeObject(
+            f"{name}-admin-sa",
             api_version="v1",
-            kind="Secret",
-            metadata=meta(args.namespace, meta_labels),
-            body={
-                "type": "kubernetes.io/basic-auth",
-                "stringData": {"username": args.admin_user, "password": password},
-            },
-            secret_fields=["stringData"],
+            kind="ServiceAccount",
+            metadata=meta(args.namespace, meta_labels, name=f"{name}-admin"),
+            body={"automountServiceAccountToken": False},
             opts=child,
         )
-        self.admin_secret_name = admin_secret.object_name
+        admin_secrets = VaultSecrets(
+            f"{name}-admin",
+            VaultSecretsArgs(
+                namespace=args.namespace,
+                env=args.env,
+                vault=args.vault,
+                labels=meta_labels,
+                consumers=(
+                    VaultConsumer(
+                        name=f"{name}-admin",
+                        service_account=account.object_name,
+                        values={"username": args.admin_user, "password": password},
+                        secret_type="kubernetes.io/basic-auth",  # noqa: S106 - a type name
+                    ),
+                ),
+            ),
+            opts=child,
+        )
+        admin_secret_name = admin_secrets.secret_names[f"{name}-admin"]
+        self.admin_secret_name = pulumi.Output.from_input(admin_secret_name)
 
         if args.cluster is not None:  # mode cnpg
             cluster_name = f"{name}-db"
             cluster_args = args.cluster
-            cluster = KubeObject(
+            bootstrap = self._bootstrap_sql(name, args, cluster_name, meta_labels)
+            if bootstrap is not None:
+                cluster_args = replace(
+                    cluster_args,
+                    post_init_application_sql=(f"{cluster_name}-{BOOTSTRAP_SUFFIX}", BOOTSTRAP_KEY),
+                )
+            # The platform's extra monitoring queries (statements, per-schema rows); the
+            # PodMonitor scraping them is ObservabilityStack's, next to the alerts using them.
+            queries = KubeObject(
+                f"{name}-monitoring-queries",
+                api_version="v1",
+                kind="ConfigMap",
+                metadata=meta(args.namespace, meta_labels),
+                body={"data": {CUSTOM_QUERIES_KEY: cnpg_custom_queries_yaml()}},
+                opts=child,
+            )
+            KubeObject(
                 f"{name}-cluster",
                 api_version=CNPG_API_VERSION,
                 kind="Cluster",
                 metadata=meta(args.namespace, meta_labels, name=cluster_name),
                 body={
-                    "spec": admin_secret.object_name.apply(
-                        lambda secret: cluster_spec(_with_secret(cluster_args, secret))
+                    "spec": queries.object_name.apply(
+                        lambda queries_name: cluster_spec(
+                            replace(
+                                cluster_args,
+                                admin_secret=admin_secret_name,
+                                custom_queries_config_map=queries_name,
+                            )
+                        )
                     )
                 },
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[admin_secret]),
-            )
-            KubeObject(
-                f"{name}-podmonitor",
-                api_version="monitoring.coreos.com/v1",
-                kind="PodMonitor",
-                metadata=meta(args.namespace, meta_labels),
-                body={
-                    "spec": {
-                        "selector": {"matchLabels": {"cnpg.io/cluster": cluster_name}},
-                        "podMetricsEndpoints": [{"port": "metrics"}],
-                    }
-                },
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[admin_secrets, queries, *([bootstrap] if bootstrap else [])],
+                ),
             )
             # CloudNativePG's Services: <cluster>-rw (primary) and <cluster>-ro (replicas only).
             domain = f"{args.namespace}.svc.cluster.local"
             self.rw_host = pulumi.Output.from_input(f"{cluster_name}-rw.{domain}")
             self.ro_host = pulumi.Output.from_input(f"{cluster_name}-ro.{domain}")
             self.ca_secret_name = pulumi.Output.from_input(f"{cluster_name}-ca")
+            self.cluster_name = pulumi.Output.from_input(cluster_name)
         else:
             self.ca_secret_name = pulumi.Output.from_input(args.external_ca_secret or "")
+            self.cluster_name = pulumi.Output.from_input("")
         self.port = pulumi.Output.from_input(args.port)
 
         self.register_outputs(
@@ -132,10 +183,22 @@ class ManagedPostgres(pulumi.ComponentResource):
                 "admin_password": self.admin_password,
                 "admin_secret_name": self.admin_secret_name,
                 "ca_secret_name": self.ca_secret_name,
+                "cluster_name": self.cluster_name,
             }
         )
 
-
-def _with_secret(cluster: ClusterInput, secret: str) -> ClusterInput:
-    """The Cluster must name the Secret Kubernetes actually created (it is auto-named)."""
-    return replace(cluster, admin_secret=secret)
+    def _bootstrap_sql(
+        self, name: str, args: ManagedPostgresArgs, cluster_name: str, labels: dict[str, str]
+    ) -> KubeObject | None:
+        """The ConfigMap ``postInitApplicationSQLRefs`` names. Its name is fixed: the Cluster's
+        bootstrap section refers to it and must not change after the cluster exists."""
+        if not args.bootstrap_sql:
+            return None
+        return KubeObject(
+            f"{name}-bootstrap-sql",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=meta(args.namespace, labels, name=f"{cluster_name}-{BOOTSTRAP_SUFFIX}"),
+            body={"data": {BOOTSTRAP_KEY: args.bootstrap_sql}},
+            opts=pulumi.ResourceOptions(parent=self),
+        )

@@ -8,8 +8,28 @@ import pulumi
 
 from components import inputs
 from components.database_access import DatabaseAccess, DatabaseAccessArgs
+from components.domain_api import (
+    DomainApi,
+    api_resource_name,
+    domain_api_args,
+    domain_api_report,
+    jwt_signing_secret,
+)
+from components.gitops import kubernetes_providers
+from components.graphql_pilot import GraphqlPilot, graphql_pilot_args, graphql_pilot_report
 from components.managed_postgres import ManagedPostgres, ManagedPostgresArgs
+from components.observability import (
+    ObservabilityStack,
+    observability_args,
+    observability_report,
+)
+from components.pgbouncer_pool import PgBouncerPool, PgBouncerPoolArgs
+from components.postgres_backups import PostgresBackups, postgres_backups_args
+from components.render.access import AUTHENTICATOR, POOLER_LOOKUP
+from components.render.baseline import render_bootstrap_sql
+from components.render.budget import budget_table, compute_budget
 from components.settings import StackSettings
+from components.sql_baseline import SqlBaseline, SqlBaselineArgs
 
 
 @dataclass(frozen=True)
@@ -18,15 +38,35 @@ class Platform:
 
     database: ManagedPostgres
     access: DatabaseAccess
+    apis: dict[str, DomainApi] | None = None
+    """PostgREST API per domain."""
+    graphql: GraphqlPilot | None = None
+    """The PostGraphile pilot, where ``graphql.enabled``."""
+    observability: ObservabilityStack | None = None
+    """Monitors, alert rules and dashboards."""
+    backups: PostgresBackups | None = None
+    """Nightly backup and monthly restore check, where ``backup.enabled``."""
+    pooler: PgBouncerPool | None = None
+    """PgBouncer (transaction pooling) in front of the database."""
+    baseline: SqlBaseline | None = None
+    """The Job applying the platform SQL baseline."""
 
 
 def build_platform(s: StackSettings) -> Platform:
     """Everything one stack deploys; settings are already validated."""
     pg = s.postgres
+    # Every component hands this provider list to its Kubernetes children (GitOps render mode).
+    k8s = pulumi.ResourceOptions(providers=kubernetes_providers(s))
+
+    def after(*deps: pulumi.Resource) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(k8s, pulumi.ResourceOptions(depends_on=list(deps)))
+
     database = ManagedPostgres(
         "postgres",
         ManagedPostgresArgs(
             namespace=s.namespace,
+            env=s.stack,
+            vault=s.vault,
             mode=pg.mode,
             database=pg.database,
             port=pg.port,
@@ -35,12 +75,15 @@ def build_platform(s: StackSettings) -> Platform:
             external_rw_host=pg.host,
             external_ro_host=pg.ro_host,
             external_ca_secret=pg.ca_secret,
+            # The superuser part of the SQL baseline runs once at cluster creation (SqlBaseline).
+            bootstrap_sql=render_bootstrap_sql() if pg.mode == "cnpg" else None,
             admin_password=(
                 s.postgres_admin_password.get_secret_value()
                 if s.postgres_admin_password is not None
                 else None
             ),
         ),
+        opts=k8s,
     )
     access = DatabaseAccess(
         "access",
@@ -53,18 +96,116 @@ def build_platform(s: StackSettings) -> Platform:
             admin_password=database.admin_password,
             sslmode=pg.sslmode,
         ),
-        opts=pulumi.ResourceOptions(depends_on=[database]),
+        opts=after(database),
     )
-    return Platform(database=database, access=access)
+    # HS256 key shared by every API verifying tokens (None in jwks mode).
+    jwt_secret = jwt_signing_secret(s)
+    apis = {
+        domain: DomainApi(
+            api_resource_name(domain),
+            domain_api_args(
+                s, domain, db_password=access.passwords[AUTHENTICATOR], jwt_secret=jwt_secret
+            ),
+            opts=after(access),
+        )
+        for domain in s.domains
+    }
+    # The GraphQL pilot: its own authenticator, the REST APIs' JWT key (never a second one).
+    graphql = (
+        GraphqlPilot(
+            "graphql",
+            graphql_pilot_args(
+                s,
+                db_password=access.passwords[inputs.GRAPHQL_AUTHENTICATOR],
+                jwt_secret=jwt_secret,
+            ),
+            opts=after(access),
+        )
+        if s.graphql.enabled
+        else None
+    )
+    # Scraping, alerts and dashboards for everything above (the exporter login is in the plan).
+    observability = ObservabilityStack(
+        "observability",
+        observability_args(s, monitor_password=access.passwords.get(inputs.MONITOR)),
+        opts=after(database),
+    )
+    backups_args = postgres_backups_args(s)
+    backups = (
+        PostgresBackups("backups", backups_args, opts=after(database))
+        if backups_args is not None
+        else None
+    )
+    # The SQL baseline (as the admin; the superuser part came with the cluster), then the pooler
+    # whose auth_query needs the baseline's lookup function.
+    baseline = SqlBaseline(
+        "sql-baseline",
+        SqlBaselineArgs(
+            namespace=s.namespace,
+            database=pg.database,
+            sslmode=pg.sslmode,
+            exposed_schemas=inputs.exposed_schemas(s),
+            host=database.rw_host,
+            port=database.port,
+            admin_secret=database.admin_secret_name,
+            ca_secret=database.ca_secret_name,
+            cluster_name=database.cluster_name,
+        ),
+        opts=after(access),
+    )
+    pooler = PgBouncerPool(
+        "pgbouncer",
+        PgBouncerPoolArgs(
+            spec=inputs.pgbouncer_pool_spec(s),
+            pool=inputs.pgbouncer_pool_settings(s),
+            database=pg.database,
+            rw_host=database.rw_host,
+            ro_host=database.ro_host,
+            port=database.port,
+            ca_secret=database.ca_secret_name,
+            cluster_name=database.cluster_name,
+            auth_password=access.passwords[POOLER_LOOKUP],
+            env=s.stack,
+            vault=s.vault,
+        ),
+        opts=after(access, baseline),
+    )
+    return Platform(
+        database=database,
+        access=access,
+        pooler=pooler,
+        baseline=baseline,
+        apis=apis,
+        graphql=graphql,
+        observability=observability,
+        backups=backups,
+    )
 
 
 def export_outputs(platform: Platform) -> None:
     """Stack outputs: endpoints only, never a secret."""
     pulumi.export("postgresRwHost", platform.database.rw_host)
     pulumi.export("postgresRoHost", platform.database.ro_host)
+    apis = platform.apis or {}
+    pulumi.export("apiUrls", {domain: api.url for domain, api in apis.items()})
+    pulumi.export("apiServices", {domain: api.service_address for domain, api in apis.items()})
+    if platform.graphql is not None:
+        pulumi.export("graphqlUrl", platform.graphql.url)
+    if platform.pooler is not None:
+        pulumi.export("pgbouncerHost", platform.pooler.host)
+    if platform.baseline is not None:
+        pulumi.export("sqlBaselineJob", platform.baseline.job_name)
 
 
 def report_lines(s: StackSettings) -> list[str]:
     """Extra tables the offline render prints after the resource summary."""
     plan = inputs.access_plan(s)
-    return ["", f"API roles: {', '.join(plan.api_roles)}"]
+    budget_input = inputs.budget_input(s)
+    return [
+        "",
+        f"API roles: {', '.join(plan.api_roles)}",
+        *domain_api_report(s),
+        *graphql_pilot_report(s),
+        *budget_table(compute_budget(budget_input), budget_input),
+        *observability_report(s),
+    ]

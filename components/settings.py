@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
+from components.render.postgrest import validate_role_claim_key
 
 NAMESPACE: Final = "pgplatform"
 
@@ -44,6 +45,7 @@ RESERVED_NAMES: Final = frozenset(
         "postgraphile",
         "pgplatform_owner",
         "pgplatform_admin",
+        "pgplatform_monitor",
         "pgbouncer_auth",
         "anonymous",
         "authenticator",
@@ -61,6 +63,7 @@ SQL_RESERVED_WORDS: Final = frozenset(
     where window with""".split()
 )
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DNS_FORM = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DURATION = re.compile(r"^(\d+)(ms|s|min)$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$")
 _DURATION_MS: Final = {"ms": 1, "s": 1000, "min": 60_000}
@@ -100,6 +103,18 @@ def _quantity(value: str) -> str:
     if not _QUANTITY.match(value):
         raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. '250m', '1', '512Mi'")
     return value
+
+
+def _ipv4_cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a CIDR block: use e.g. '10.20.0.0/24'") from None
+    if network.version != 4:
+        raise ValueError(f"{value!r}: only IPv4 blocks are supported")
+    return str(network)
 
 
 SqlName = Annotated[str, AfterValidator(_sql_name)]
@@ -263,6 +278,12 @@ class GraphqlSettings(_Model):
     replicas: ReplicaRange
     db_pool: int = Field(ge=1, le=100)
     resources: ResourceSettings
+    # The init container's `npm ci` source and the address blocks the pod may reach it at
+    # (HTTPS only; private and link-local ranges inside a block stay excluded).
+    npm_registry: str = Field(
+        pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
+    )
+    npm_registry_cidrs: list[Annotated[str, AfterValidator(_ipv4_cidr)]] = Field(min_length=1)
 
 
 class GitopsSettings(_Model):
@@ -319,7 +340,8 @@ class PostgresSettings(_Model):
 class AuthSettings(_Model):
     mode: Literal["hs256", "jwks"]
     audience: str = Field(min_length=1)
-    role_claim_key: str = Field(pattern=r"^\.", min_length=2)
+    # Checked against PostgREST's JSPath syntax in _auth_checks (a message that names the fix).
+    role_claim_key: str = Field(min_length=2)
     anonymous: bool
     jwks_url: str | None = Field(default=None, pattern=r"^https://")
 
@@ -420,7 +442,34 @@ def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
                 "required when auth.mode is 'jwks': the https URL of the identity provider's JWKS",
             )
         )
+    try:
+        validate_role_claim_key(s.auth.role_claim_key)
+    except ValueError as error:
+        problems.append(_problem("auth.roleClaimKey", str(error), s.auth.role_claim_key))
+    if s.jwt_secret is not None and s.auth.mode != "hs256":
+        problems.append(
+            _problem("jwtSecret", "only used with auth.mode 'hs256': remove it from this stack")
+        )
+    elif s.jwt_secret is not None and len(s.jwt_secret.get_secret_value()) < 32:
+        problems.append(
+            _problem("jwtSecret", "PostgREST needs at least 32 characters (48+ recommended)")
+        )
     return problems
+
+
+def _vault_checks(s: StackSettings) -> list[ConfigProblem]:
+    from components.render.secrets import go_duration_seconds
+
+    seconds = go_duration_seconds(s.vault.refresh_interval)
+    if not 60 <= seconds <= 86_400:
+        return [
+            _problem(
+                "vault.refreshInterval",
+                "External Secrets re-reads Vault every 1m..24h: use e.g. '15m' or '1h'",
+                s.vault.refresh_interval,
+            )
+        ]
+    return []
 
 
 def _postgres_checks(s: StackSettings) -> list[ConfigProblem]:
@@ -466,6 +515,15 @@ def _domain_checks(s: StackSettings) -> list[ConfigProblem]:
                 )
             )
         schemas[schema] = name
+        if not _DNS_FORM.match(name.replace("_", "-")):
+            problems.append(
+                _problem(
+                    f"domains.{name}",
+                    "names Kubernetes objects with '_' as '-': start with a letter and end "
+                    "with a letter or digit",
+                    name,
+                )
+            )
         if s.environment == "prod" and domain.replicas.min < 2:
             problems.append(
                 _problem(
@@ -546,11 +604,61 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     """Rules spanning several keys; run once every key is individually valid."""
     return (
         _auth_checks(s)
+        + _vault_checks(s)
         + _postgres_checks(s)
         + _domain_checks(s)
         + _service_checks(s)
         + _feature_checks(s)
+        + _graphql_checks(s)
+        + _pgbouncer_checks(s)
+        + _budget_checks(s)
     )
+
+
+def _pgbouncer_checks(s: StackSettings) -> list[ConfigProblem]:
+    """PgBouncer verifies the database certificate only with a CA to verify it against."""
+    mode = s.pgbouncer.server_tls_sslmode
+    if (
+        mode in {"verify-ca", "verify-full"}
+        and s.postgres.mode == "external"
+        and not (s.postgres.ca_secret)
+    ):
+        return [
+            _problem(
+                "postgres.caSecret",
+                f"pgbouncer.serverTlsSslmode {mode!r} needs the name of a Secret holding ca.crt",
+            )
+        ]
+    return []
+
+
+def _budget_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Connection budget (components/render/budget.py): pools + reserved <= max_connections,
+    and every API's connections at full scale <= what the PgBouncer replicas accept."""
+    from components import inputs
+    from components.render.budget import compute_budget
+
+    budget = compute_budget(inputs.budget_input(s))
+    return [_problem(problem.key, problem.message) for problem in budget.problems]
+
+
+def _graphql_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Prod pods reach no public address: the pilot's npm install must use a private mirror."""
+    import ipaddress
+
+    if s.environment != "prod" or not s.graphql.enabled:
+        return []
+    private = [ipaddress.IPv4Network(r) for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
+    return [
+        _problem(
+            "graphql.npmRegistryCidrs",
+            "prod installs the pilot from an internal npm mirror: set graphql.npmRegistry to "
+            "its URL and graphql.npmRegistryCidrs to its private address blocks",
+            cidr,
+        )
+        for cidr in s.graphql.npm_registry_cidrs
+        if not any(ipaddress.IPv4Network(cidr).subnet_of(p) for p in private)
+    ]
 
 
 def parse_settings(

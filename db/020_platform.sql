@@ -1,7 +1,8 @@
 -- Platform helpers: JWT claim accessors and PostgREST's db-pre-request hook.
 --
--- Applied as superuser after 010_access.sql (roles and schemas exist). Idempotent: every
--- statement converges, so applying the file twice is a no-op.
+-- Applied by the database owner (the admin role; no superuser needed) after 010_access.sql
+-- (roles and schemas exist). Idempotent: every statement converges, so applying the file twice
+-- is a no-op.
 --
 -- The claim helpers run as the caller (no SECURITY DEFINER: reading your own request GUC needs
 -- no privilege) and carry no SET clause, so the planner can inline them into RLS policies.

@@ -1,3 +1,4 @@
+-- pgplatform: superuser
 -- PgBouncer auth_query lookup.
 --
 -- PgBouncer authenticates clients with SCRAM against the verifier PostgreSQL stores, fetched
@@ -9,6 +10,12 @@
 -- Only ordinary login roles with a SCRAM verifier are returned: superusers, replication and
 -- BYPASSRLS roles, expired and non-SCRAM passwords are never served, so those roles cannot log
 -- in (or be guessed at) through the pooler.
+--
+-- Superuser-only: reading pg_authid needs a superuser, so one owns this function. Applied like
+-- 040_rls_guard.sql (which creates the schema), before the access plan's roles exist: the
+-- database owner receives EXECUTE with grant option and passes it on to pgbouncer_auth in
+-- 060_pgbouncer_auth_grants.sql. The owner could already reset any ordinary role's password
+-- (CREATEROLE), so seeing those verifiers gives it nothing new.
 
 CREATE OR REPLACE FUNCTION platform.pgbouncer_get_auth(p_usename text)
 RETURNS TABLE (usename name, passwd text)
@@ -32,12 +39,17 @@ COMMENT ON FUNCTION platform.pgbouncer_get_auth(text) IS
     'PgBouncer auth_query: SCRAM verifier of an ordinary login role; nothing for privileged roles.';
 
 REVOKE ALL ON FUNCTION platform.pgbouncer_get_auth(text) FROM PUBLIC;
-GRANT USAGE ON SCHEMA platform TO pgbouncer_auth;
-GRANT EXECUTE ON FUNCTION platform.pgbouncer_get_auth(text) TO pgbouncer_auth;
 
--- auth_query runs inside the pooled database, so the lookup role must be able to connect to it.
 DO $$
+DECLARE
+    owner name := (SELECT pg_catalog.pg_get_userbyid(d.datdba)
+                   FROM pg_catalog.pg_database d
+                   WHERE d.datname = pg_catalog.current_database());
 BEGIN
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO pgbouncer_auth', current_database());
+    IF owner <> current_user THEN
+        EXECUTE pg_catalog.format(
+            'GRANT EXECUTE ON FUNCTION platform.pgbouncer_get_auth(text) TO %I '
+            'WITH GRANT OPTION', owner);
+    END IF;
 END
 $$;

@@ -43,6 +43,9 @@ def synthetic_stack(domains: int, path: Path) -> None:
     template = config["pgplatform:domains"]["content"]
     config["pgplatform:domains"] = {f"d{i:03d}": dict(template) for i in range(1, domains + 1)}
     config["pgplatform:services"] = []
+    # Size the pooler and the database for that many APIs so the connection budget holds.
+    config["pgplatform:postgres"] = {"maxConnections": 5000}
+    config["pgplatform:pgbouncer"] = {"replicas": 4, "maxClientConn": 20000}
     path.write_text(yaml.safe_dump(document))
 
 

@@ -17,7 +17,9 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import resource as runtime_resource
 from pulumi.runtime import rpc
+from pulumi.runtime.proto import source_pb2
 
 # How the mocked engine marks a secret value on the wire.
 SECRET_SIG = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
@@ -34,6 +36,8 @@ class Recorded:
     parent: str | None
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    provider: str = ""
+    """Provider reference (``<urn>::<id>``) when one was set explicitly or inherited."""
 
     @property
     def custom(self) -> bool:
@@ -99,7 +103,13 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             parent = request.parent.split("::")[-1] if request.parent else None
             inputs = rpc.deserialize_properties(request.object)
             self.recording.resources.append(
-                Recorded(type=request.type, name=request.name, parent=parent, inputs=inputs)
+                Recorded(
+                    type=request.type,
+                    name=request.name,
+                    parent=parent,
+                    inputs=inputs,
+                    provider=request.provider,
+                )
             )
         return super().RegisterResource(request)
 
@@ -111,6 +121,9 @@ def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
     """
     asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.settings.ROOT.set(None)
+    # The SDK walks the Python stack of every registration to report its source position to
+    # the engine's diagnostics; the mocked engine drops it, and the walk is ~15% of a render.
+    runtime_resource._get_stack_trace = source_pb2.StackTrace
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(
         mocks,

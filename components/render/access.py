@@ -16,6 +16,10 @@ from typing import Final, Literal
 
 AUTHENTICATOR: Final = "postgrest"
 POOLER_LOOKUP: Final = "pgbouncer_auth"
+MONITOR: Final = "pgplatform_monitor"
+"""Login role of the postgres exporter in external mode (CloudNativePG runs its own)."""
+MONITOR_TIMEOUT_MS: Final = 10_000
+PG_MONITOR: Final = "pg_monitor"
 OWNER: Final = "pgplatform_owner"
 ANONYMOUS: Final = "api_anonymous"
 USER: Final = "api_user"
@@ -61,6 +65,8 @@ class AccessInput:
     authenticators: tuple[str, ...] = (AUTHENTICATOR,)
     # Login roles that switch to nothing (PgBouncer's auth_query lookup role).
     service_logins: tuple[str, ...] = (POOLER_LOOKUP,)
+    # Login roles of metrics exporters: INHERIT members of pg_monitor, nothing else.
+    monitoring_logins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         missing = {"anonymous", "user", "editor", "admin"} - self.timeouts_ms.keys()
@@ -172,18 +178,32 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
         RoleSpec(name=role, login=False, inherit=False, statement_timeout_ms=timeout)
         for role, _, _, timeout in api
     ]
+    roles += [
+        RoleSpec(
+            name=name,
+            login=True,
+            inherit=True,
+            with_password=True,
+            statement_timeout_ms=MONITOR_TIMEOUT_MS,
+        )
+        for name in inp.monitoring_logins
+    ]
     schemas = [SchemaSpec(name=s, owner=OWNER) for s in inp.schemas]
     schemas += [SchemaSpec(name=s, owner=None) for s in (PLATFORM_SCHEMA, AUDIT_SCHEMA)]
     memberships = [
         Membership(role=role, member=auth) for auth in inp.authenticators for role, *_ in api
     ]
+    memberships += [Membership(role=PG_MONITOR, member=name) for name in inp.monitoring_logins]
     database_grants = [DatabaseGrant(role="public", privileges=())]
     database_grants += [
         DatabaseGrant(role=a, privileges=("CONNECT",))
-        for a in (*inp.authenticators, *inp.service_logins)
+        for a in (*inp.authenticators, *inp.service_logins, *inp.monitoring_logins)
     ]
     # Nobody but the owner creates objects in the public schema (PostgreSQL < 15 allowed all).
     schema_grants: list[SchemaGrant] = [SchemaGrant(schema="public", role="public", privileges=())]
+    # The metrics exporters read public.pg_stat_statements as pg_monitor (CloudNativePG runs its
+    # queries with SET ROLE pg_monitor), which the revoke above would lock out.
+    schema_grants.append(SchemaGrant(schema="public", role=PG_MONITOR))
     default_grants: list[DefaultGrant] = []
     for role, level, role_schemas, _ in api:
         schema_grants.append(SchemaGrant(schema=PLATFORM_SCHEMA, role=role))

@@ -3,6 +3,16 @@
 The baseline files are the same for every stack; what differs is which schemas an API exposes,
 so that list is rendered into one small, idempotent file that registers them for the RLS guard
 (``db/040_rls_guard.sql``) and secures tables that existed before the guard did.
+
+Two privilege levels. Files whose first line is ``-- pgplatform: superuser`` (the event trigger,
+the functions that must run as a superuser) need a superuser; everything else runs as the
+database owner, the platform's admin role. In-cluster (CloudNativePG) nobody holds a superuser
+password, so the superuser files run once at cluster bootstrap (``bootstrap_sql``, for
+``postInitApplicationSQLRefs``) and carry a version marker; the baseline Job runs ``apply.psql``
+as the admin, which applies the admin files in one transaction and, for the superuser part,
+either applies it (when connected as a superuser) or insists that the installed version is the
+bundled one. A changed superuser file thus stops the deploy with instructions instead of being
+skipped silently.
 """
 
 from __future__ import annotations
@@ -12,10 +22,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from components.render.checksum import content_checksum
+
 DB_DIR: Final = Path(__file__).resolve().parents[2] / "db"
 # Every baseline file runs after the rendered access file, which creates roles and schemas.
 ACCESS_FILE: Final = "010_access.sql"
 EXPOSED_SCHEMAS_FILE: Final = "090_exposed_schemas.sql"
+# First line of a file that only a superuser can apply.
+SUPERUSER_MARK: Final = "-- pgplatform: superuser"
+# Rendered last among the superuser files: records which superuser part is installed.
+SUPERUSER_VERSION_FILE: Final = "089_superuser_baseline.sql"
+# The baseline Job's psql script and the bootstrap ConfigMap key.
+APPLY_SCRIPT: Final = "apply.psql"
+BOOTSTRAP_KEY: Final = "superuser.sql"
 
 _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -82,9 +101,153 @@ def render_exposed_schemas_sql(schemas: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def is_superuser_file(text: str) -> bool:
+    """True when the file starts with the superuser mark (see the module doc)."""
+    return text.split("\n", 1)[0].strip() == SUPERUSER_MARK
+
+
+def superuser_version() -> str:
+    """Checksum of the superuser files: the version the marker records and the Job expects."""
+    parts = [part for name, text in baseline_sql_files() if is_superuser_file(text)
+             for part in (name, text)]  # fmt: skip
+    if not parts:
+        raise ValueError(f"db/: no file starts with {SUPERUSER_MARK!r}")
+    return content_checksum(*parts)
+
+
+def render_superuser_version_sql(version: str) -> str:
+    """The marker function recording the installed superuser part (owned by the superuser)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", version):
+        raise ValueError(f"version: {version!r} is not a sha256 hex digest")
+    return "\n".join(
+        [
+            SUPERUSER_MARK,
+            "-- Which superuser part of the baseline is installed (rendered: the checksum of the",
+            "-- superuser files). The baseline Job compares it with the version it was built with.",
+            "CREATE OR REPLACE FUNCTION platform.superuser_baseline()",
+            "RETURNS text",
+            "LANGUAGE sql",
+            "IMMUTABLE",
+            "SET search_path = pg_catalog, pg_temp",
+            f"AS $$ SELECT '{version}'::text $$;",
+            "",
+            "REVOKE ALL ON FUNCTION platform.superuser_baseline() FROM PUBLIC;",
+            "",
+            "DO $$",
+            "DECLARE",
+            "    owner name := (SELECT pg_catalog.pg_get_userbyid(d.datdba)",
+            "                   FROM pg_catalog.pg_database d",
+            "                   WHERE d.datname = pg_catalog.current_database());",
+            "BEGIN",
+            "    IF owner <> current_user THEN",
+            "        EXECUTE pg_catalog.format(",
+            "            'GRANT EXECUTE ON FUNCTION platform.superuser_baseline() TO %I', owner);",
+            "    END IF;",
+            "END",
+            "$$;",
+            "",
+        ]
+    )
+
+
+def superuser_sql_files() -> list[tuple[str, str]]:
+    """The superuser files in order, ending with the version marker."""
+    files = [(name, text) for name, text in baseline_sql_files() if is_superuser_file(text)]
+    return [*files, (SUPERUSER_VERSION_FILE, render_superuser_version_sql(superuser_version()))]
+
+
+def admin_sql_files(exposed_schemas: Sequence[str]) -> list[tuple[str, str]]:
+    """What the database owner applies: the other baseline files and the exposed schemas."""
+    files = [(name, text) for name, text in baseline_sql_files() if not is_superuser_file(text)]
+    return [*files, (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas))]
+
+
 def stack_sql_files(exposed_schemas: Sequence[str]) -> list[tuple[str, str]]:
-    """The baseline followed by the exposed-schemas file: everything after ``010_access.sql``."""
-    return [
-        *baseline_sql_files(),
-        (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas)),
+    """Everything after ``010_access.sql`` in file-name order, for one superuser to apply."""
+    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas)])
+
+
+def render_bootstrap_sql() -> str:
+    """The superuser part as one script (CloudNativePG runs each referenced key as one batch).
+
+    It runs in the application database right after ``initdb``, before the access plan: the
+    files create the ``platform`` schema for the database owner themselves and name no role
+    of the plan.
+    """
+    parts = [f"-- {name}\n{text.rstrip()}\n" for name, text in superuser_sql_files()]
+    return "\n".join(parts)
+
+
+def render_apply_script(exposed_schemas: Sequence[str]) -> str:
+    """``apply.psql``: the baseline Job's script (``psql -X -f apply.psql``), one transaction.
+
+    The superuser part is applied when the session is a superuser (an external database whose
+    admin is one) and otherwise must already be installed at the bundled version; the admin
+    files follow, always as the database owner so their objects have one owner. ``\\ir``
+    reads the files next to the script (the mounted ConfigMap).
+    """
+    version = superuser_version()
+    include = [f"\\ir {name}" for name, _ in superuser_sql_files()]
+    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas)]
+    lines = [
+        "-- Platform SQL baseline, applied by the database owner (rendered by pgplatform).",
+        "\\set ON_ERROR_STOP on",
+        "\\set QUIET on",
+        "SET client_min_messages = warning;",
+        "SELECT r.rolsuper AS is_superuser FROM pg_catalog.pg_roles r",
+        "WHERE r.rolname = current_user \\gset",
+        "SELECT pg_catalog.to_regprocedure('platform.superuser_baseline()') IS NOT NULL",
+        "    AS has_version \\gset",
+        "\\if :has_version",
+        "SELECT platform.superuser_baseline() AS installed_version \\gset",
+        "\\else",
+        "\\set installed_version none",
+        "\\endif",
+        f"SELECT :'installed_version' = '{version}' AS superuser_current \\gset",
+        "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
+        "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
+        "BEGIN;",
+        "-- Wait for locks held by the running APIs at most this long; the Job retries.",
+        "SET LOCAL lock_timeout = '10s';",
+        "\\if :superuser_current",
+        f"\\echo superuser part {version[:12]}: installed",
+        "\\elif :is_superuser",
+        f"\\echo superuser part {version[:12]}: applying",
+        *include,
+        "\\else",
+        "SELECT pg_catalog.set_config('pgplatform.installed', :'installed_version', true)",
+        "    AS installed \\gset",
+        "DO $$",
+        "BEGIN",
+        "    RAISE EXCEPTION USING",
+        "        ERRCODE = 'insufficient_privilege',",
+        "        MESSAGE = pg_catalog.format(",
+        f"            'superuser part of the baseline: installed %s, this bundle needs {version}',",
+        "            pg_catalog.current_setting('pgplatform.installed')),",
+        f"        HINT = 'Apply {BOOTSTRAP_KEY} of the bootstrap ConfigMap as a superuser, '",
+        "            'then re-run this Job (docs/database.md, \"Superuser-only statements\").';",
+        "END",
+        "$$;",
+        "\\endif",
+        "-- The rest belongs to the database owner, whoever runs the Job (a superuser included):",
+        "-- objects owned by anyone else could not be replaced by the next run as the owner.",
+        'SET LOCAL ROLE :"database_owner";',
+        *admin,
+        "COMMIT;",
+        "\\echo platform baseline applied",
+        "",
     ]
+    return "\n".join(lines)
+
+
+def job_bundle(exposed_schemas: Sequence[str]) -> dict[str, str]:
+    """ConfigMap data of the baseline Job: the script and every file it may include."""
+    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas)}
+    bundle.update(superuser_sql_files())
+    bundle.update(admin_sql_files(exposed_schemas))
+    return dict(sorted(bundle.items()))
+
+
+def bundle_checksum(bundle: dict[str, str]) -> str:
+    """Content hash of a bundle (names and texts); the baseline Job's name carries it."""
+    return content_checksum(*(part for item in sorted(bundle.items()) for part in item))

@@ -18,12 +18,16 @@ Authentication: ``auth_query``, not a userlist of every login role.
     rendered from the plaintext secret never would.
   * The lookup runs as ``pgbouncer_auth`` through ``platform.pgbouncer_get_auth`` (SECURITY
     DEFINER, db/050_pgbouncer_auth.sql), which serves only ordinary login roles' verifiers.
+The lookup role's server connections are capped (``[users] pgbouncer_auth =
+max_user_connections=N``, ``auth_user_max_connections``): a login burst runs its lookups one
+after another on those few connections instead of opening a pool's worth, which keeps the role
+inside the connection budget (components/render/budget.py).
 The userlist then holds just two entries: ``pgbouncer_auth`` in plain text (PgBouncer must log
 in to PostgreSQL as it, and a SCRAM verifier cannot be used to log in) and the stats user of the
-metrics exporter, which exists only in PgBouncer. In the pod that file is never rendered by us:
-``render_userlist_template`` gives an External Secrets template, so the operator writes it into
-the Secret from Vault; mount that Secret as a directory (not ``subPath``) so rotated values reach
-the running pod.
+metrics exporter, which exists only in PgBouncer. In the deployed pod an init container writes
+it at start from the pooler's Vault-synced Secret into memory (``pgbouncer_pool.USERLIST_SCRIPT``);
+``render_userlist`` is the same format for tests, ``render_userlist_template`` an External
+Secrets template for setups that sync the whole file instead.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ AUTH_USER: Final = "pgbouncer_auth"
 AUTH_QUERY: Final = "SELECT usename, passwd FROM platform.pgbouncer_get_auth($1)"
 RW_SUFFIX: Final = "_rw"
 RO_SUFFIX: Final = "_ro"
+# Server connections of the lookup role per PgBouncer instance (see the module doc).
+AUTH_USER_MAX_CONNECTIONS: Final = 2
 
 # Startup parameters PgBouncer cannot track and must drop instead of refusing the client:
 # extra_float_digits is sent by lib/pq (the Go pgbouncer/postgres exporters) and by JDBC;
@@ -164,6 +170,8 @@ class PgBouncerInput:
     """Cap of server connections per pool database, all users together (0 = no cap)."""
     server_idle_timeout: int = 600
     query_wait_timeout: int = 30
+    auth_user_max_connections: int = AUTH_USER_MAX_CONNECTIONS
+    """Server connections of the auth_query role per instance, over all pools (>= 1)."""
     stats_users: tuple[str, ...] = ("pgbouncer_exporter",)
     admin_users: tuple[str, ...] = ()
     parameters: Mapping[str, str] = field(default_factory=dict)
@@ -214,6 +222,7 @@ class PgBouncerInput:
             "max_db_connections": 0,
             "server_idle_timeout": 0,
             "query_wait_timeout": 0,
+            "auth_user_max_connections": 1,
         }
         for name, low in minimum.items():
             value = getattr(self, name)
@@ -327,6 +336,9 @@ def render_pgbouncer_ini(inp: PgBouncerInput) -> str:
         "[databases]",
         f"{inp.rw_pool} = host={inp.rw_host} port={inp.server_port} dbname={inp.database}",
         f"{inp.ro_pool} = host={ro_host} port={inp.server_port} dbname={inp.database}",
+        "",
+        "[users]",
+        f"{AUTH_USER} = max_user_connections={inp.auth_user_max_connections}",
         "",
         "[pgbouncer]",
         *(_line(key, value) for key, value in settings.items()),

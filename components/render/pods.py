@@ -124,8 +124,14 @@ def hardened_pod_spec(
     init_containers: Sequence[Mapping[str, Any]] = (),
     automount_token: bool = False,
     uid: int = DEFAULT_UID,
+    share_process_namespace: bool = False,
 ) -> dict[str, Any]:
-    """A pod spec with the platform's hardening; tokens stay unmounted unless asked for."""
+    """A pod spec with the platform's hardening; tokens stay unmounted unless asked for.
+
+    ``share_process_namespace`` lets a sidecar signal the main process (e.g. PostgREST's
+    ``SIGUSR2`` reload); containers then see each other's processes, so only enable it for
+    sidecars running fixed scripts from pinned images under the same UID.
+    """
     spec: dict[str, Any] = {
         "automountServiceAccountToken": automount_token,
         "securityContext": pod_security_context(uid),
@@ -133,6 +139,8 @@ def hardened_pod_spec(
         "topologySpreadConstraints": topology_spread(selector),
         "enableServiceLinks": False,
     }
+    if share_process_namespace:
+        spec["shareProcessNamespace"] = True
     if service_account is not None:
         spec["serviceAccountName"] = service_account
     if init_containers:

@@ -24,11 +24,13 @@ from typing import Any, Final, Literal
 
 POSTGRAPHILE_VERSION: Final = "4.14.1"
 # node:20 matches the Node the tests run on; PostGraphile 4 declares node >= 8.6.
-NODE_IMAGE: Final = "node:20.20.2-alpine"
+NODE_IMAGE: Final = "docker.io/library/node:20.20.2-alpine"
 # The image's unprivileged "node" user: run both containers as it.
 NODE_UID: Final = 1000
 RC_FILE: Final = ".postgraphilerc.js"
 PACKAGE_FILES: Final = ("package.json", "package-lock.json")
+# The pinned npm tree the pod installs and the integration tests run.
+PACKAGE_DIR: Final = Path(__file__).resolve().parents[1] / "graphql"
 # Writable emptyDir of the install step (npm's cache and HOME); the root filesystem is read-only.
 SCRATCH_DIR: Final = "/tmp"  # noqa: S108 - an emptyDir private to the pod
 # Never JWT_SECRET: the v4 CLI reads that variable and would switch on its own JWT handling
@@ -98,6 +100,7 @@ class PostgraphileInput:
     listen_host: str = "0.0.0.0"  # noqa: S104 - a pod listens on its own IP
     port: int = 5000
     graphql_route: str = "/graphql"
+    graphiql_route: str = "/graphiql"
     max_pool_size: int = 10
     config_dir: str = "/etc/postgraphile"
     app_dir: str = "/app"
@@ -168,8 +171,12 @@ def _check_server(inp: PostgraphileInput) -> None:
     _check_port("port", inp.port)
     if not _HOST.match(inp.listen_host):
         raise ValueError(f"listen_host: {inp.listen_host!r} is not an address")
-    if not _ROUTE.match(inp.graphql_route) or "//" in inp.graphql_route:
-        raise ValueError(f"graphql_route: {inp.graphql_route!r} is not a path like /graphql")
+    for name in ("graphql_route", "graphiql_route"):
+        route = getattr(inp, name)
+        if not _ROUTE.match(route) or "//" in route:
+            raise ValueError(f"{name}: {route!r} is not a path like /graphql")
+    if inp.graphiql_route == inp.graphql_route:
+        raise ValueError("graphiql_route: must differ from graphql_route")
     _check_path("config_dir", inp.config_dir)
     _check_path("app_dir", inp.app_dir)
     if inp.npm_registry is not None and not _REGISTRY.match(inp.npm_registry):
@@ -246,7 +253,9 @@ def container_args(inp: PostgraphileInput) -> list[str]:
         # Keep serving (and retrying) while the database or PgBouncer is not up yet.
         "--retry-on-init-fail",
     ]
-    if not inp.graphiql:
+    if inp.graphiql:
+        args += ["--graphiql", inp.graphiql_route]
+    else:
         args.append("--disable-graphiql")
     if not inp.query_log:
         args.append("--disable-query-log")
@@ -327,7 +336,7 @@ def config_files(inp: PostgraphileInput) -> dict[str, str]:
     return {RC_FILE: render_rc_file(inp)}
 
 
-def read_package_files(directory: Path) -> dict[str, str]:
+def read_package_files(directory: Path = PACKAGE_DIR) -> dict[str, str]:
     """``package.json`` + ``package-lock.json`` for the install step, checked to pin PostGraphile.
 
     The same two files drive the integration tests, so the tree the pod installs is the tested
@@ -416,8 +425,7 @@ function keyFromJwk(jwk, index) {
   return { kid: typeof jwk.kid === 'string' ? jwk.kid : undefined, key, algorithms };
 }
 
-function loadJwks(path) {
-  const document = JSON.parse(fs.readFileSync(path, 'utf8'));
+function keysOf(document, source) {
   const jwks = Array.isArray(document && document.keys) ? document.keys : [document];
   // Keys published for encryption only are never used to verify a signature.
   const keys = jwks
@@ -425,15 +433,32 @@ function loadJwks(path) {
     .filter(([jwk]) => !(jwk && jwk.use !== undefined && jwk.use !== 'sig'))
     .map(([jwk, index]) => keyFromJwk(jwk, index));
   if (keys.length === 0) {
-    throw new Error(`${path} holds no signature verification key`);
+    throw new Error(`${source} holds no signature verification key`);
   }
   return keys;
 }
 
+function loadJwks(path) {
+  return keysOf(JSON.parse(fs.readFileSync(path, 'utf8')), path);
+}
+
+// Like PostgREST's jwt-secret: a JWK Set (or one JWK) is used as keys, e.g. two "oct" keys
+// with kids while a shared secret is rotated; anything else is the HS256 secret itself.
 function loadSecret(name) {
   const secret = process.env[name];
   if (secret === undefined || secret === '') {
     throw new Error(`environment variable ${name} (the JWT secret) is not set`);
+  }
+  let document;
+  try {
+    document = JSON.parse(secret);
+  } catch (error) {
+    document = undefined;
+  }
+  if (document !== null && typeof document === 'object' && !Array.isArray(document)) {
+    if (Array.isArray(document.keys) || typeof document.kty === 'string') {
+      return keysOf(document, `environment variable ${name}`);
+    }
   }
   if (secret.length < MIN_SECRET_LENGTH) {
     throw new Error(`the JWT secret in ${name} must be at least ${MIN_SECRET_LENGTH} characters`);

@@ -235,6 +235,9 @@ class SecretKeyRef:
             _check(_KV_FIELD, "SecretKeyRef.remote_property", self.remote_property, "a field")
 
 
+_SECRET_TYPE = re.compile(r"^[a-z0-9.-]+(/[A-Za-z0-9.-]+)?$")
+
+
 def external_secret_spec(
     *,
     store_name: str,
@@ -244,8 +247,12 @@ def external_secret_spec(
     store_kind: StoreKind = "SecretStore",
     creation_policy: CreationPolicy = "Owner",
     secret_labels: Mapping[str, str] | None = None,
+    secret_type: str | None = None,
 ) -> dict[str, Any]:
     """Return ``spec`` of an ``ExternalSecret`` syncing ``data`` into ``target_secret``.
+
+    ``secret_type`` sets the produced Secret's ``type`` (e.g. ``kubernetes.io/basic-auth``,
+    which CloudNativePG expects for role credentials).
 
     ``deletionPolicy: Retain`` keeps the last good Secret when the source reports the secret
     missing, so a provider hiccup cannot delete the credentials a running pod relies on.
@@ -283,6 +290,9 @@ def external_secret_spec(
             if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
                 raise ValueError(f"{where}.secret_labels[{key!r}]: invalid label value {value!r}")
         target["template"] = {"metadata": {"labels": dict(secret_labels)}}
+    if secret_type is not None:
+        _check(_SECRET_TYPE, f"{where}.secret_type", secret_type, "a Secret type")
+        target.setdefault("template", {})["type"] = secret_type
     return {
         "refreshInterval": refresh_interval,
         "secretStoreRef": {"kind": store_kind, "name": store_name},

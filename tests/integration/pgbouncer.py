@@ -129,6 +129,13 @@ class PgBouncerProcess:
             raise RuntimeError("PgBouncer is not started")
         return self.work_dir / "pgbouncer.log"
 
+    @property
+    def socket_dir(self) -> Path:
+        """Directory of PgBouncer's unix socket (``host=`` for a socket connection)."""
+        if self.work_dir is None:
+            raise RuntimeError("PgBouncer is not started")
+        return self.work_dir
+
     def log(self) -> str:
         """PgBouncer's output so far (for assertions and failure messages)."""
         try:
@@ -142,7 +149,8 @@ class PgBouncerProcess:
         try:
             give_to_server_user(self.work_dir)
             auth_file = self._write("userlist.txt", self.userlist, mode=0o600)
-            paths = {"auth_file": str(auth_file)}
+            # The unix socket (the exporter's way in) lives in the work directory.
+            paths = {"auth_file": str(auth_file), "unix_socket_dir": str(self.work_dir)}
             for key, source in self.files.items():
                 paths[key] = str(self._write(Path(source).name, Path(source).read_text()))
             self.port = free_port()

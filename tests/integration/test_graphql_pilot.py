@@ -1,13 +1,19 @@
-"""The GraphQL pilot: the real PostGraphile, started exactly as the rendered Deployment starts it.
+"""The GraphQL pilot: the real PostGraphile, started from the rendered Deployment and ConfigMap.
 
-PostGraphile (npm, the tree pinned by ``tests/graphql/package-lock.json``) runs the rendered
-command, arguments, environment and ``.postgraphilerc.js`` against the prod access plan, the
-platform baseline and the example ``identity`` domain, through a real PgBouncer started from the
-rendered ``pgbouncer.ini`` in front of a TLS-only PostgreSQL. For each case of claims the rows it
-returns must be exactly the rows of PostgREST's per-request transaction (role switch, claims,
-``platform.pre_request()``) run as the PostgREST authenticator with psycopg; refused tokens must
-never see data. Two instances cover both key types PostgREST accepts: an HS256 secret and a JWKS
-file (RS256 and ES256 keys).
+Nothing here is built from the Python builders: the pod is read back from the offline render
+(``build/<stack>/manifests`` and ``files``). The install step's ``npm ci`` runs as rendered
+(package files from the ConfigMap), and each server runs the rendered command, arguments,
+environment (secretKeyRefs resolved as the kubelet would) and ``.postgraphilerc.js``; only
+what cannot be the same on a test machine is rewritten (mount paths, the PgBouncer address,
+the listen address and port), and the rewrite refuses to touch anything else.
+
+Two servers: staging's (HS256 secret, anonymous role, GraphiQL on) and prod's configuration
+with the pilot switched on (JWKS with an RSA and an EC key, no anonymous access), both behind a
+real PgBouncer started from the rendered ``pgbouncer.ini`` in front of a TLS-only PostgreSQL
+carrying staging's rendered SQL and the example domains. For each case of claims the rows
+PostGraphile returns must be exactly the rows of PostgREST's per-request transaction (role,
+claims, ``platform.pre_request()``) run as the PostgREST authenticator; refused tokens never
+see data.
 """
 
 from __future__ import annotations
@@ -18,83 +24,205 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import psycopg
 import pytest
+import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from psycopg import sql
 
-from components.render import postgraphile as pgr
-from components.render.baseline import stack_sql_files
-from components.render.pgbouncer import PgBouncerInput, render_pgbouncer_ini, render_userlist
+from components.render.pgbouncer import INI_FILE, render_userlist
+from tests.conftest import ROOT
 from tests.integration.pg import PgCluster, free_port, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
 from tests.tooling import require_tool
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-GRAPHQL_DIR = ROOT / "tests" / "graphql"
 FIXTURES = ROOT / "tests" / "fixtures"
-DOMAINS = ("identity", "content", "analytics")
 DATABASE = "app"
-AUDIENCE = "pgplatform-graphql-test"
 PASSWORDS = {
     "postgraphile": "graphql-authenticator-test-password",
     "postgrest": "rest-authenticator-test-password",
     "pgbouncer_auth": "lookup-test-password",
 }
 HS256_SECRET = "graphql-pilot-test-secret-of-more-than-32-chars"
+# What the pilot's Secret (from Vault) holds in the test: secret name, key -> value.
+SECRET_VALUES = {
+    ("graphql-secrets", "password"): PASSWORDS["postgraphile"],
+    ("graphql-secrets", "jwt_secret"): HS256_SECRET,
+}
 ACCOUNTS = (("user-a", "Alice"), ("user-b", "Bob"), ("editor-e", "Eve"))
 ACCOUNTS_QUERY = "{ allAccounts(orderBy: SUB_ASC) { nodes { sub displayName } } }"
 STARTUP_SECONDS = 90
-# The rendered PgBouncer, with the deployed host names (the test process rewrites only those).
-PGBOUNCER = PgBouncerInput(
-    database=DATABASE,
-    rw_host="pgplatform-db-rw.pgplatform.svc.cluster.local",
-    server_tls_ca_file="/etc/pgbouncer/server-ca/ca.crt",
+HOST_NETWORK_ENV = frozenset(
+    {"NODE_EXTRA_CA_CERTS", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"}
+    | {"NO_PROXY", "no_proxy"}
 )
-
+# Prod's stack file with the pilot switched on: the mirror settings prod requires for it.
+PROD_PILOT_CONFIG = {
+    "pgplatform:graphql": {
+        "enabled": True,
+        "npmRegistry": "https://npm.mirror.internal.example.com/",
+        "npmRegistryCidrs": ["10.40.3.0/24"],
+    }
+}
 Conn = psycopg.Connection[Any]
+
+
+# -- the render ------------------------------------------------------------------------------------
+def load_manifests(build: Path) -> list[dict[str, Any]]:
+    return [yaml.safe_load(path.read_text()) for path in sorted((build / "manifests").glob("*"))]
+
+
+def config_map_files(build: Path, name: str, manifests: list[dict[str, Any]]) -> dict[str, str]:
+    """A ConfigMap's payload as the render wrote it to ``files/<name>/`` (checked complete)."""
+    (config_map,) = [
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == name
+    ]
+    files = {key: (build / "files" / name / key).read_text() for key in config_map["data"]}
+    assert files == config_map["data"], f"files/{name} differs from the ConfigMap manifest"
+    return files
+
+
+@dataclass(frozen=True)
+class DeployedPilot:
+    """The PostGraphile pod of one render: its containers and its ConfigMap files."""
+
+    server: dict[str, Any]
+    install: dict[str, Any]
+    files: dict[str, str]
+    mounts: dict[str, str] = field(default_factory=dict)
+    """Volume name -> mount path in the server container."""
+
+    @property
+    def rc_file(self) -> str:
+        return self.files[".postgraphilerc.js"]
+
+
+def deployed_pilot(build: Path) -> DeployedPilot:
+    manifests = load_manifests(build)
+    (deployment,) = [
+        m
+        for m in manifests
+        if m["kind"] == "Deployment"
+        and m["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/name")
+        == "postgraphile"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    (install,) = [c for c in pod["initContainers"] if c["name"] == "install"]
+    (config_map,) = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
+    return DeployedPilot(
+        server=server,
+        install=install,
+        files=config_map_files(build, config_map, manifests),
+        mounts={m["name"]: m["mountPath"] for m in server["volumeMounts"]},
+    )
+
+
+@pytest.fixture(scope="module")
+def staging_build(rendered_stack: Callable[[str], Path]) -> Path:
+    return rendered_stack("staging")
+
+
+@pytest.fixture(scope="module")
+def prod_pilot_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prod's configuration with ``graphql.enabled``: what prod would deploy when switched on."""
+    document = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    document["config"].update(PROD_PILOT_CONFIG)
+    directory = tmp_path_factory.mktemp("prod-pilot")
+    config = directory / "Pulumi.prod.yaml"
+    config.write_text(yaml.safe_dump(document))
+    out = directory / "build"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.render",
+            "--stack",
+            "prod",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_prod_has_no_pilot_unless_switched_on(
+    rendered_stack: Callable[[str], Path], prod_pilot_build: Path
+) -> None:
+    prod = rendered_stack("prod")
+    names = {m["metadata"].get("name", "") for m in load_manifests(prod)}
+    assert "graphql-api" not in names
+    assert "postgraphile" not in (prod / "sql" / "010_access.sql").read_text()
+    assert '"postgraphile"' in (prod_pilot_build / "sql" / "010_access.sql").read_text()
 
 
 # -- keys ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Signer:
-    """How tokens for one PostGraphile instance are signed."""
+    """How tokens for one server are signed, for the audience that server checks."""
 
     algorithm: str
     key: Any
+    audience: str
     kid: str | None = None
 
     def token(self, claims: Mapping[str, Any]) -> str:
         headers = {"kid": self.kid} if self.kid is not None else None
         return jwt.encode(dict(claims), self.key, algorithm=self.algorithm, headers=headers)
 
+    def claims(self, **extra: Any) -> dict[str, Any]:
+        now = int(time.time())
+        return {"aud": self.audience, "iat": now, "exp": now + 300, **extra}
+
+
+def rc_config(rc_file: str) -> dict[str, Any]:
+    """The CONFIG object literal embedded in a rendered rc file."""
+    match = re.search(r"^const CONFIG = (\{.*?^\});$", rc_file, re.MULTILINE | re.DOTALL)
+    assert match is not None, "no CONFIG literal in the rendered rc file"
+    parsed: dict[str, Any] = json.loads(match.group(1))
+    return parsed
+
 
 @dataclass(frozen=True)
 class Keys:
-    hs256: Signer
-    rs256: Signer
-    es256: Signer
-    rs256_impostor: Signer  # another RSA key claiming the published kid
+    staging: Signer  # HS256 with the Secret's jwt_secret
+    prod_rs256: Signer
+    prod_es256: Signer
+    prod_impostor: Signer  # another RSA key claiming the published kid
     jwks_file: Path
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+def keys(
+    tmp_path_factory: pytest.TempPathFactory, staging_build: Path, prod_pilot_build: Path
+) -> Keys:
+    staging_aud = rc_config(deployed_pilot(staging_build).rc_file)["audience"]
+    prod_aud = rc_config(deployed_pilot(prod_pilot_build).rc_file)["audience"]
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
     impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -109,38 +237,28 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     jwks_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
     jwks_file.write_text(json.dumps(jwks))
     return Keys(
-        hs256=Signer("HS256", HS256_SECRET),
-        rs256=Signer("RS256", rsa_key, "rsa-1"),
-        es256=Signer("ES256", ec_key, "ec-1"),
-        rs256_impostor=Signer("RS256", impostor, "rsa-1"),
+        staging=Signer("HS256", HS256_SECRET, staging_aud),
+        prod_rs256=Signer("RS256", rsa_key, prod_aud, "rsa-1"),
+        prod_es256=Signer("ES256", ec_key, prod_aud, "ec-1"),
+        prod_impostor=Signer("RS256", impostor, prod_aud, "rsa-1"),
         jwks_file=jwks_file,
     )
 
 
-def claims(**extra: Any) -> dict[str, Any]:
-    now = int(time.time())
-    return {"aud": AUDIENCE, "iat": now, "exp": now + 300, **extra}
+def signer_for(keys: Keys, server: str) -> Signer:
+    return keys.staging if server == "staging" else keys.prod_rs256
 
 
 # -- database and pooler ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def database(rendered_stack: Callable[[str], Path]) -> Iterator[PgCluster]:
-    """prod's access plan, the baseline and the example domains on a TLS-only cluster."""
-    access = rendered_stack("prod") / "sql" / "010_access.sql"
-    bundle = [(access.name, access.read_text()), *stack_sql_files(DOMAINS)]
+def database(staging_build: Path) -> Iterator[PgCluster]:
+    """staging's rendered SQL (access plan with ``postgraphile``, baseline) and the domains."""
+    bundle = [(path.name, path.read_text()) for path in sorted((staging_build / "sql").glob("*"))]
     fixtures = [(path.name, path.read_text()) for path in sorted(FIXTURES.glob("*.sql"))]
     with running_cluster(tls_only=True) as cluster:
         cluster.create_database(DATABASE)
         cluster.apply_sql(DATABASE, [*bundle, *fixtures])
         with cluster.connect(DATABASE) as conn:
-            present = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(PASSWORDS),)
-                )
-            }
-            missing = sorted(set(PASSWORDS) - present)
-            assert not missing, f"the prod access plan (010_access.sql) creates no {missing}"
             for role, password in PASSWORDS.items():
                 conn.execute(
                     sql.SQL("ALTER ROLE {} PASSWORD {}").format(
@@ -154,22 +272,43 @@ def database(rendered_stack: Callable[[str], Path]) -> Iterator[PgCluster]:
         yield cluster
 
 
+def rendered_pgbouncer_ini(build: Path) -> str:
+    """The deployed ``pgbouncer.ini``: the one ConfigMap of the render that carries it."""
+    manifests = load_manifests(build)
+    (name,) = [
+        m["metadata"]["name"]
+        for m in manifests
+        if m["kind"] == "ConfigMap" and INI_FILE in (m.get("data") or {})
+    ]
+    return config_map_files(build, name, manifests)[INI_FILE]
+
+
 @pytest.fixture(scope="module")
-def pgbouncer(database: PgCluster) -> Iterator[PgBouncerProcess]:
+def pgbouncer(database: PgCluster, staging_build: Path) -> Iterator[PgBouncerProcess]:
+    ini = rendered_pgbouncer_ini(staging_build)
+    # Only path settings the rendered file has are pointed at test copies.
+    files = {"server_tls_ca_file": database.ca_file} if "\nserver_tls_ca_file =" in ini else {}
     with PgBouncerProcess(
-        render_pgbouncer_ini(PGBOUNCER),
+        ini,
         render_userlist({"pgbouncer_auth": PASSWORDS["pgbouncer_auth"]}),
         server_host=database.host,
         server_port=database.port,
-        files={"server_tls_ca_file": database.ca_file},
+        files=files,
     ) as process:
         yield process
 
 
+def rw_pool(pilot: DeployedPilot) -> str:
+    """The pool database the rendered connection string names (PgBouncer's ``<db>_rw``)."""
+    args = pilot.server["args"]
+    return urlsplit(args[args.index("--connection") + 1]).path.lstrip("/")
+
+
 @pytest.fixture
-def rest(pgbouncer: PgBouncerProcess) -> Iterator[Conn]:
+def rest(pgbouncer: PgBouncerProcess, staging_build: Path) -> Iterator[Conn]:
     """The PostgREST authenticator on the same rw pool PostGraphile uses."""
-    with pgbouncer.connect("postgrest", PASSWORDS["postgrest"], PGBOUNCER.rw_pool) as conn:
+    pool = rw_pool(deployed_pilot(staging_build))
+    with pgbouncer.connect("postgrest", PASSWORDS["postgrest"], pool) as conn:
         yield conn
 
 
@@ -198,46 +337,94 @@ def postgrest_request(conn: Conn, token_claims: Mapping[str, Any], query: str) -
         return Refused(error.sqlstate)
 
 
-# -- PostGraphile ----------------------------------------------------------------------------------
-def ensure_node_modules() -> None:
-    """``npm ci`` the pinned tree with the Deployment's install command when it is not there."""
+# -- the rendered pod, run locally -----------------------------------------------------------------
+def _rewrite_prefix(value: str, old: str, new: str) -> str:
+    return new + value[len(old) :] if value == old or value.startswith(f"{old}/") else value
+
+
+def install_tree(pilot: DeployedPilot, root: Path) -> Path:
+    """Run the rendered install step (``npm ci`` of the ConfigMap's lockfile) into a local dir.
+
+    The tree is kept under ``root`` by a key of the package files and the command, so a later
+    run reuses exactly what the same install step produced.
+    """
+    app_dir = next(m["mountPath"] for m in pilot.install["volumeMounts"] if m["name"] == "app")
+    package_files = {
+        Path(m["mountPath"]).name: pilot.files[m["subPath"]]
+        for m in pilot.install["volumeMounts"]
+        if "subPath" in m
+    }
+    assert set(package_files) == {"package.json", "package-lock.json"}, package_files
+    key = hashlib.sha256(
+        json.dumps([package_files, pilot.install["command"]], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    target = root / key
+    if (target / "node_modules" / "postgraphile" / "package.json").is_file():
+        return target
     require_tool("node", "nodejs")
     npm = require_tool("npm", "npm")
-    installed = GRAPHQL_DIR / "node_modules" / "postgraphile" / "package.json"
-    if installed.is_file():
-        version = json.loads(installed.read_text()).get("version")
-        if version == pgr.POSTGRAPHILE_VERSION:
-            return
-    # The install step's command with this checkout as app_dir (npm from PATH).
-    command = pgr.install_command(base_input(app_dir=str(GRAPHQL_DIR)))
-    result = subprocess.run(
-        [npm, *command[1:]], capture_output=True, text=True, timeout=600, check=False
-    )
-    if result.returncode != 0:
-        pytest.fail(f"npm ci in {GRAPHQL_DIR} failed:\n{result.stdout}\n{result.stderr}")
+    work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root))
+    scratch = Path(tempfile.mkdtemp(prefix="pgplatform-npm-"))
+    try:
+        local_app = work / "app"
+        local_app.mkdir()
+        for name, text in package_files.items():
+            (local_app / name).write_text(text)
+            (local_app / name).chmod(0o444)  # subPath mounts of a ConfigMap are read-only
+        command = [
+            _rewrite_prefix(part, app_dir, str(local_app)) for part in pilot.install["command"]
+        ]
+        assert command[0] == "npm", command
+        # This machine's way out to the registry (proxy, extra CA) is kept: the pod's is the
+        # cluster's egress, not part of the rendered spec.
+        env = {k: v for k, v in os.environ.items() if k in HOST_NETWORK_ENV}
+        env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+        for var in pilot.install["env"]:
+            env[var["name"]] = _rewrite_prefix(var["value"], "/tmp", str(scratch))
+        result = subprocess.run(
+            [npm, *command[1:]],
+            cwd=local_app,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"the rendered npm ci failed:\n{result.stdout}\n{result.stderr}")
+        for name, text in package_files.items():
+            assert (local_app / name).read_text() == text, f"npm ci changed {name}"
+        os.replace(local_app, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
-def base_input(**overrides: Any) -> pgr.PostgraphileInput:
-    values: dict[str, Any] = {
-        "schemas": ("identity",),
-        "db_host": "127.0.0.1",
-        "db_port": 6432,
-        "db_name": PGBOUNCER.rw_pool,
-        "db_password": pgr.SecretKeyRef(name="graphql-db", key="password"),
-        "db_sslmode": "disable",
-        "jwt_audience": AUDIENCE,
-        "jwt_secret": pgr.SecretKeyRef(name="graphql-jwt", key="secret"),
-        "listen_host": "127.0.0.1",
-        "app_dir": str(GRAPHQL_DIR),
-    }
-    values.update(overrides)
-    return pgr.PostgraphileInput(**values)
+def local_rc_file(rc_file: str, replacements: Mapping[str, str]) -> str:
+    """The rendered rc file with only the given CONFIG path values replaced."""
+    match = re.search(r"^const CONFIG = (\{.*?^\});$", rc_file, re.MULTILINE | re.DOTALL)
+    assert match is not None
+    config = json.loads(match.group(1))
+    for name, value in replacements.items():
+        assert isinstance(config.get(name), str), (name, config.get(name))
+        config[name] = value
+    return rc_file[: match.start(1)] + json.dumps(config, indent=2) + rc_file[match.end(1) :]
 
 
-SECRET_VALUES = {
-    ("graphql-db", "password"): PASSWORDS["postgraphile"],
-    ("graphql-jwt", "secret"): HS256_SECRET,
-}
+def local_args(args: list[str], *, db_host: str, db_port: int, port: int) -> list[str]:
+    """The rendered arguments with the PgBouncer address and the listen address replaced."""
+    out = list(args)
+    connection = urlsplit(args[args.index("--connection") + 1])
+    assert connection.scheme == "postgres", connection
+    assert connection.password is None, connection
+    netloc = f"{connection.username}@{db_host}:{db_port}"
+    out[args.index("--connection") + 1] = urlunsplit(connection._replace(netloc=netloc))
+    out[args.index("--host") + 1] = "127.0.0.1"
+    out[args.index("--port") + 1] = str(port)
+    changed = [i for i, (a, b) in enumerate(zip(args, out, strict=True)) if a != b]
+    assert len(changed) <= 3, changed
+    return out
 
 
 def resolve_env(env: list[dict[str, Any]]) -> dict[str, str]:
@@ -253,26 +440,48 @@ def resolve_env(env: list[dict[str, Any]]) -> dict[str, str]:
 
 
 class PostGraphile:
-    """One PostGraphile process run from the rendered container spec; always stopped."""
+    """One PostGraphile process run from a rendered pod; always stopped."""
 
-    def __init__(self, inp: pgr.PostgraphileInput) -> None:
-        self.inp = inp
-        self.url = f"http://127.0.0.1:{inp.port}{inp.graphql_route}"
-        self.log_file = Path(inp.config_dir) / "postgraphile.log"
+    def __init__(
+        self, pilot: DeployedPilot, app: Path, pgbouncer: PgBouncerProcess, jwks_file: Path
+    ) -> None:
+        self.pilot = pilot
+        self.app = app
+        self.port = free_port()
+        args = pilot.server["args"]
+        self.route = args[args.index("--graphql") + 1]
+        self.graphiql_route = args[args.index("--graphiql") + 1] if "--graphiql" in args else None
+        self.args = local_args(args, db_host=pgbouncer.host, db_port=pgbouncer.port, port=self.port)
+        self.url = f"http://127.0.0.1:{self.port}{self.route}"
+        self.config_dir = Path(tempfile.mkdtemp(prefix="pgplatform-graphql-"))
+        self.log_file = self.config_dir / "postgraphile.log"
+        self.jwks_file = jwks_file
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PostGraphile:
-        for name, text in pgr.config_files(self.inp).items():
-            (Path(self.inp.config_dir) / name).write_text(text)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **resolve_env(
-            pgr.container_env(self.inp)
-        )}  # fmt: skip
+        server, mounts = self.pilot.server, self.pilot.mounts
+        # The ConfigMap mount is the working directory, where the CLI finds its rc file.
+        assert server["workingDir"] == mounts["config"], (server["workingDir"], mounts)
+        rc = rc_config(self.pilot.rc_file)
+        assert rc["appDir"] == mounts["app"]
+        replacements = {"appDir": str(self.app)}
+        if "jwks" in mounts:
+            assert Path(rc["jwksFile"]).parent == Path(mounts["jwks"]), rc
+            replacements["jwksFile"] = str(self.jwks_file)
+        for name, text in self.pilot.files.items():
+            (self.config_dir / name).write_text(text)
+        (self.config_dir / ".postgraphilerc.js").write_text(
+            local_rc_file(self.pilot.rc_file, replacements)
+        )
         node = require_tool("node", "nodejs")
-        command = pgr.container_command(self.inp)
+        command = server["command"]
+        assert command[0] == "node", command
+        cli = _rewrite_prefix(command[1], mounts["app"], str(self.app))
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **resolve_env(server["env"])}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [node, *command[1:], *pgr.container_args(self.inp)],
-                cwd=self.inp.config_dir,  # the Deployment's workingDir: the ConfigMap mount
+                [node, cli, *self.args],
+                cwd=self.config_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -323,6 +532,16 @@ class PostGraphile:
             payload = error.read()
             return error.code, json.loads(payload) if payload else {}
 
+    def get(self, path: str) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", headers={"Accept": "text/html"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, ""
+
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
@@ -332,43 +551,50 @@ class PostGraphile:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=15)
+        shutil.rmtree(self.config_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def servers(pgbouncer: PgBouncerProcess, keys: Keys) -> Iterator[dict[str, PostGraphile]]:
-    """Two instances on the rw pool: one with the HS256 secret, one with the JWKS file."""
-    ensure_node_modules()
+def npm_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """pytest's cache keeps installed trees between runs; without the cache plugin, a fresh dir."""
+    cache: pytest.Cache | None = getattr(request.config, "cache", None)
+    if cache is None:
+        return tmp_path_factory.mktemp("postgraphile")
+    return cache.mkdir("pgplatform-postgraphile")
+
+
+@pytest.fixture(scope="module")
+def servers(
+    npm_root: Path,
+    pgbouncer: PgBouncerProcess,
+    keys: Keys,
+    staging_build: Path,
+    prod_pilot_build: Path,
+) -> Iterator[dict[str, PostGraphile]]:
+    """staging's pilot (HS256) and prod's pilot configuration (JWKS), on the rw pool."""
+    staging = deployed_pilot(staging_build)
+    prod = deployed_pilot(prod_pilot_build)
+    # prod installs from its mirror, which this machine cannot reach: the same files must be
+    # installed by the same command, only the registry differs.
+    assert {k: prod.files[k] for k in ("package.json", "package-lock.json")} == {
+        k: staging.files[k] for k in ("package.json", "package-lock.json")
+    }
+    assert prod.install["command"] == staging.install["command"]
+    app = install_tree(staging, npm_root)
     started: dict[str, PostGraphile] = {}
-    dirs = []
     try:
-        for name, key_input in (
-            ("hs256", {"jwt_secret": pgr.SecretKeyRef(name="graphql-jwt", key="secret")}),
-            ("jwks", {"jwt_secret": None, "jwks_file": str(keys.jwks_file)}),
-        ):
-            config_dir = Path(tempfile.mkdtemp(prefix=f"pgplatform-graphql-{name}-"))
-            dirs.append(config_dir)
-            inp = base_input(
-                db_host=pgbouncer.host,
-                db_port=pgbouncer.port,
-                db_name=PGBOUNCER.rw_pool,
-                port=free_port(),
-                config_dir=str(config_dir),
-                **key_input,
-            )
-            started[name] = PostGraphile(inp).start()
-        admin = claims(role="api_admin", sub="admin-1")
-        started["hs256"].wait_ready(keys.hs256.token(admin))
-        started["jwks"].wait_ready(keys.rs256.token(admin))
+        for name, pilot in (("staging", staging), ("prod", prod)):
+            started[name] = PostGraphile(pilot, app, pgbouncer, keys.jwks_file).start()
+        started["staging"].wait_ready(
+            keys.staging.token(keys.staging.claims(role="api_admin", sub="admin-1"))
+        )
+        started["prod"].wait_ready(
+            keys.prod_rs256.token(keys.prod_rs256.claims(role="api_admin", sub="admin-1"))
+        )
         yield started
     finally:
         for server in started.values():
             server.stop()
-        for directory in dirs:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def signer_for(keys: Keys, server: str) -> Signer:
-    return keys.hs256 if server == "hs256" else keys.rs256
 
 
 def rows_of(body: dict[str, Any]) -> list[tuple[str, str]]:
@@ -382,6 +608,19 @@ def assert_refused(status: int, body: dict[str, Any], expected_status: int) -> N
     assert body.get("errors"), body
 
 
+def test_the_servers_run_the_rendered_key_sources(servers: dict[str, PostGraphile]) -> None:
+    """staging verifies with the Secret's HS256 key, prod's configuration with a JWKS file."""
+    staging = rc_config(servers["staging"].pilot.rc_file)
+    prod = rc_config(servers["prod"].pilot.rc_file)
+    assert staging["jwtSecretEnv"] is not None
+    assert staging["jwksFile"] is None
+    assert prod["jwtSecretEnv"] is None
+    assert prod["jwksFile"] is not None
+    assert staging["defaultRole"] == "api_anonymous"
+    assert prod["defaultRole"] is None
+    assert staging["preRequest"] == prod["preRequest"] == "platform.pre_request"
+
+
 # -- the same rows as PostgREST --------------------------------------------------------------------
 CASES = {
     "user A": {"role": "api_user", "sub": "user-a"},
@@ -393,18 +632,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("server", ["hs256", "jwks"])
+@pytest.mark.parametrize("server", ["staging", "prod"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_accounts_match_postgrest(
     servers: dict[str, PostGraphile], keys: Keys, rest: Conn, server: str, case: str
 ) -> None:
-    token_claims = claims(**CASES[case])
+    signer = signer_for(keys, server)
+    token_claims = signer.claims(**CASES[case])
     expected = postgrest_request(
         rest, token_claims, "SELECT sub, display_name FROM identity.accounts ORDER BY sub"
     )
-    status, body = servers[server].post(
-        ACCOUNTS_QUERY, signer_for(keys, server).token(token_claims)
-    )
+    status, body = servers[server].post(ACCOUNTS_QUERY, signer.token(token_claims))
     if isinstance(expected, Refused):
         # pre_request refuses with insufficient_privilege; PostgREST answers 403.
         assert expected.sqlstate == "42501", expected
@@ -417,30 +655,55 @@ def test_accounts_match_postgrest(
 def test_cases_cover_own_rows_all_rows_and_refusal(keys: Keys, rest: Conn) -> None:
     """The reference itself: the policies must make the case table meaningful."""
     query = "SELECT sub FROM identity.accounts ORDER BY sub"
+    claims = keys.staging.claims
     assert postgrest_request(rest, claims(**CASES["user A"]), query) == [("user-a",)]
     assert postgrest_request(rest, claims(**CASES["editor"]), query) == [("editor-e",)]
     assert len(postgrest_request(rest, claims(**CASES["admin"]), query)) == len(ACCOUNTS)
     assert isinstance(postgrest_request(rest, claims(**CASES["missing sub"]), query), Refused)
 
 
+@pytest.mark.parametrize(
+    "auth",
+    [None, "roleless token"],
+)
+def test_staging_anonymous_requests_run_as_the_anonymous_role(
+    servers: dict[str, PostGraphile], keys: Keys, rest: Conn, auth: str | None
+) -> None:
+    """No token, or one without a role, runs as api_anonymous as PostgREST's anon role does."""
+    token = keys.staging.token(keys.staging.claims(sub="user-a")) if auth else None
+    expected = postgrest_request(
+        rest,
+        {"role": "api_anonymous", **({"sub": "user-a"} if auth else {})},
+        "SELECT sub, display_name FROM identity.accounts ORDER BY sub",
+    )
+    status, body = servers["staging"].post(ACCOUNTS_QUERY, token)
+    assert status == 200, body
+    assert rows_of(body) == [tuple(row) for row in expected] == []
+
+
 def test_es256_key_of_the_jwks_is_accepted(servers: dict[str, PostGraphile], keys: Keys) -> None:
-    status, body = servers["jwks"].post(
-        ACCOUNTS_QUERY, keys.es256.token(claims(role="api_user", sub="user-b"))
+    signer = keys.prod_es256
+    status, body = servers["prod"].post(
+        ACCOUNTS_QUERY, signer.token(signer.claims(role="api_user", sub="user-b"))
     )
     assert status == 200, body
     assert rows_of(body) == [("user-b", "Bob")]
 
 
-def test_audience_rules_follow_postgrest(servers: dict[str, PostGraphile], keys: Keys) -> None:
+@pytest.mark.parametrize("server", ["staging", "prod"])
+def test_audience_rules_follow_postgrest(
+    servers: dict[str, PostGraphile], keys: Keys, server: str
+) -> None:
     """No aud, or an aud list containing ours, is accepted; PostgREST does the same."""
+    signer = signer_for(keys, server)
     base = {"role": "api_user", "sub": "user-a"}
     now = int(time.time())
     for token_claims in (
         {**base, "exp": now + 60},
-        {**base, "exp": now + 60, "aud": ["other", AUDIENCE]},
+        {**base, "exp": now + 60, "aud": ["other", signer.audience]},
         {**base, "exp": now + 60, "aud": []},
     ):
-        status, body = servers["hs256"].post(ACCOUNTS_QUERY, keys.hs256.token(token_claims))
+        status, body = servers[server].post(ACCOUNTS_QUERY, signer.token(token_claims))
         assert status == 200, (token_claims, body)
         assert rows_of(body) == [("user-a", "Alice")]
 
@@ -448,29 +711,30 @@ def test_audience_rules_follow_postgrest(servers: dict[str, PostGraphile], keys:
 # -- refused tokens never see data -----------------------------------------------------------------
 def refused_tokens(keys: Keys, server: str) -> dict[str, str]:
     signer = signer_for(keys, server)
+    claims, aud = signer.claims, signer.audience
     now = int(time.time())
     admin = {"role": "api_admin", "sub": "admin-1"}
     tokens = {
         # Beyond PostgREST's 30 s of clock skew.
-        "expired": signer.token({**admin, "aud": AUDIENCE, "exp": now - 45}),
-        "not yet valid": signer.token({**admin, "aud": AUDIENCE, "nbf": now + 120}),
-        "issued in the future": signer.token({**admin, "aud": AUDIENCE, "iat": now + 120}),
+        "expired": signer.token({**admin, "aud": aud, "exp": now - 45}),
+        "not yet valid": signer.token({**admin, "aud": aud, "nbf": now + 120}),
+        "issued in the future": signer.token({**admin, "aud": aud, "iat": now + 120}),
         "wrong audience": signer.token(claims(**admin, aud="someone-else")),
         "audience of wrong type": signer.token(claims(**admin, aud=42)),
-        "exp of wrong type": signer.token({**admin, "aud": AUDIENCE, "exp": "tomorrow"}),
-        "no role and no anonymous role": signer.token(claims(sub="admin-1")),
+        "exp of wrong type": signer.token({**admin, "aud": aud, "exp": "tomorrow"}),
     }
-    if server == "hs256":
-        tokens["bad signature"] = Signer("HS256", "another-secret-that-is-long-enough!!").token(
-            claims(**admin)
-        )
-        tokens["unknown kid"] = Signer("HS256", HS256_SECRET, "k-9").token(claims(**admin))
+    if server == "staging":
+        tokens["bad signature"] = Signer(
+            "HS256", "another-secret-that-is-long-enough!!", aud
+        ).token(claims(**admin))
+        tokens["unknown kid"] = Signer("HS256", HS256_SECRET, aud, "k-9").token(claims(**admin))
     else:
-        tokens["bad signature"] = keys.rs256_impostor.token(claims(**admin))
-        tokens["unknown kid"] = Signer("RS256", keys.rs256.key, "rsa-9").token(claims(**admin))
+        tokens["no role and no anonymous role"] = signer.token(claims(sub="admin-1"))
+        tokens["bad signature"] = keys.prod_impostor.token(claims(**admin))
+        tokens["unknown kid"] = Signer("RS256", signer.key, aud, "rsa-9").token(claims(**admin))
         # Algorithm confusion: the public key used as an HMAC secret.
         public_pem = (
-            keys.rs256.key.public_key()
+            signer.key.public_key()
             .public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
@@ -498,7 +762,7 @@ def _raw_token(header: Mapping[str, Any], payload: Mapping[str, Any], secret: st
     return f"{signing_input}.{b64(signature)}"
 
 
-@pytest.mark.parametrize("server", ["hs256", "jwks"])
+@pytest.mark.parametrize("server", ["staging", "prod"])
 def test_refused_tokens_get_401_and_no_data(
     servers: dict[str, PostGraphile], keys: Keys, server: str
 ) -> None:
@@ -510,40 +774,55 @@ def test_refused_tokens_get_401_and_no_data(
 
 
 @pytest.mark.parametrize(
-    ("auth", "expected"),
+    ("server", "auth"),
     [
-        (None, 401),  # prod: no anonymous role
-        ("Bearer ", 401),
-        ("Bearer not.a.jwt", 401),
-        ("Bearer a.b", 401),
+        ("prod", None),  # no anonymous role in prod
+        ("prod", "Bearer "),
+        ("prod", "Bearer not.a.jwt"),
+        ("staging", "Bearer "),
+        ("staging", "Bearer a.b"),
     ],
 )
 def test_missing_or_malformed_tokens_are_refused(
-    servers: dict[str, PostGraphile], auth: str | None, expected: int
+    servers: dict[str, PostGraphile], server: str, auth: str | None
 ) -> None:
-    status, body = servers["hs256"].post(ACCOUNTS_QUERY, None, raw_auth=auth)
-    assert_refused(status, body, expected)
+    status, body = servers[server].post(ACCOUNTS_QUERY, None, raw_auth=auth)
+    assert_refused(status, body, 401)
 
 
+@pytest.mark.parametrize("server", ["staging", "prod"])
 def test_role_the_authenticator_may_not_become_is_refused(
+    servers: dict[str, PostGraphile], keys: Keys, server: str
+) -> None:
+    signer = signer_for(keys, server)
+    for role in ("postgres", "pgplatform_owner", "postgrest"):
+        token = signer.token(signer.claims(role=role, sub="admin-1"))
+        status, body = servers[server].post(ACCOUNTS_QUERY, token)
+        assert_refused(status, body, 403)
+
+
+def test_the_authenticator_itself_reads_nothing(
     servers: dict[str, PostGraphile], keys: Keys
 ) -> None:
-    for role in ("postgres", "pgplatform_owner", "postgrest"):
-        token = keys.hs256.token(claims(role=role, sub="admin-1"))
-        status, body = servers["hs256"].post(ACCOUNTS_QUERY, token)
-        assert_refused(status, body, 403)
+    """A token naming ``postgraphile`` stays the NOINHERIT authenticator: no privilege at all."""
+    signer = keys.staging
+    token = signer.token(signer.claims(role="postgraphile", sub="admin-1"))
+    _, body = servers["staging"].post(ACCOUNTS_QUERY, token)
+    assert (body.get("data") or {}).get("allAccounts") is None, body
+    assert "permission denied" in json.dumps(body.get("errors")), body
 
 
 # -- writes: the same role and claims reach triggers and policies ----------------------------------
 def test_mutation_runs_as_the_token_role_with_its_claims(
     servers: dict[str, PostGraphile], keys: Keys, database: PgCluster
 ) -> None:
-    token = keys.rs256.token(claims(role="api_editor", sub="editor-gql"))
+    signer = keys.prod_rs256
+    token = signer.token(signer.claims(role="api_editor", sub="editor-gql"))
     mutation = (
         'mutation { createAccount(input: {account: {displayName: "Graph"}}) '
         "{ account { sub displayName } } }"
     )
-    status, body = servers["jwks"].post(mutation, token)
+    status, body = servers["prod"].post(mutation, token)
     assert status == 200, body
     assert body["data"]["createAccount"]["account"] == {"sub": "editor-gql", "displayName": "Graph"}
     with database.connect(DATABASE) as conn:
@@ -557,24 +836,98 @@ def test_mutation_runs_as_the_token_role_with_its_claims(
         'mutation { createAccount(input: {account: {sub: "user-a", displayName: "Forged"}}) '
         "{ account { sub } } }"
     )
-    status, body = servers["jwks"].post(forged, token)
+    status, body = servers["prod"].post(forged, token)
     assert (body.get("data") or {}).get("createAccount") is None, body
     assert "row-level security" in json.dumps(body["errors"]), body
 
 
-def test_graphiql_is_not_served_when_disabled(servers: dict[str, PostGraphile]) -> None:
-    inp = servers["hs256"].inp
-    assert not inp.graphiql
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{inp.port}/graphiql", headers={"Accept": "text/html"}
+def test_graphiql_is_served_only_where_rendered(servers: dict[str, PostGraphile]) -> None:
+    """staging renders GraphiQL on its own route; prod never serves it."""
+    staging = servers["staging"]
+    assert staging.graphiql_route == f"{staging.route}/graphiql"
+    status, page = staging.get(staging.graphiql_route)
+    assert status == 200
+    assert "graphiql" in page.lower()
+    prod = servers["prod"]
+    assert prod.graphiql_route is None
+    assert "--disable-graphiql" in prod.args
+    for path in ("/graphiql", f"{prod.route}/graphiql"):
+        assert prod.get(path)[0] == 404, path
+
+
+def test_sessions_are_attributed_to_the_pilot(
+    servers: dict[str, PostGraphile], keys: Keys, database: PgCluster
+) -> None:
+    """PgBouncer passes the rendered application_name: pg_stat_activity names the pilot."""
+    signer = keys.staging
+    servers["staging"].post(ACCOUNTS_QUERY, signer.token(signer.claims(role="api_user", sub="x")))
+    with database.connect(DATABASE) as conn:
+        users = {
+            row[0]
+            for row in conn.execute(
+                "SELECT usename FROM pg_stat_activity WHERE application_name LIKE 'postgraphile%'"
+            )
+        }
+    assert "postgraphile" in users
+
+
+RC_PROBE = """
+const rc = require(process.argv[1]);
+(async () => {
+  const out = {};
+  for (const [name, token] of Object.entries(JSON.parse(process.env.TOKENS))) {
+    try {
+      const req = { headers: { authorization: `Bearer ${token}` } };
+      out[name] = { settings: await rc.options.pgSettings(req) };
+    } catch (error) {
+      out[name] = { status: error.status };
+    }
+  }
+  process.stdout.write(JSON.stringify(out));
+})();
+"""
+
+
+def test_staging_secret_may_be_an_oct_key_set(
+    servers: dict[str, PostGraphile], keys: Keys, tmp_path: Path
+) -> None:
+    """As PostgREST's jwt-secret, the Secret may hold a JWK Set of ``oct`` keys (the rotation
+    overlap of docs/jwt-keys.md): each verifies the tokens naming its kid, and only those."""
+    staging = servers["staging"]
+    rc_file = tmp_path / ".postgraphilerc.js"
+    rc_file.write_text(local_rc_file(staging.pilot.rc_file, {"appDir": str(staging.app)}))
+    new, old = b"n" * 40, b"o" * 40
+
+    def oct_key(kid: str, secret: bytes) -> dict[str, str]:
+        return {"kty": "oct", "kid": kid, "k": base64.urlsafe_b64encode(secret).decode()}
+
+    key_set = {"keys": [oct_key("2026-11", new), oct_key("2026-05", old)]}
+    claims = keys.staging.claims(role="api_user", sub="user-a")
+    tokens = {
+        "new key": jwt.encode(claims, new, algorithm="HS256", headers={"kid": "2026-11"}),
+        "old key": jwt.encode(claims, old, algorithm="HS256", headers={"kid": "2026-05"}),
+        "no kid": jwt.encode(claims, old, algorithm="HS256"),
+        "kid of the other key": jwt.encode(
+            claims, new, algorithm="HS256", headers={"kid": "2026-05"}
+        ),
+        "the plain secret": keys.staging.token(claims),
+    }
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        rc_config(staging.pilot.rc_file)["jwtSecretEnv"]: json.dumps(key_set),
+        "TOKENS": json.dumps(tokens),
+    }
+    result = subprocess.run(
+        [require_tool("node", "nodejs"), "-e", RC_PROBE, str(rc_file)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=5)  # noqa: S310
-    assert refused.value.code == 404
-
-
-def test_rendered_input_matches_what_ran(servers: dict[str, PostGraphile]) -> None:
-    """The processes ran the rendered rc file, not some other configuration."""
-    for server in servers.values():
-        on_disk = (Path(server.inp.config_dir) / pgr.RC_FILE).read_text()
-        assert on_disk == pgr.render_rc_file(server.inp)
+    outcome = json.loads(result.stdout)
+    for name in ("new key", "old key", "no kid"):
+        assert outcome[name]["settings"]["role"] == "api_user", (name, outcome)
+        assert json.loads(outcome[name]["settings"]["request.jwt.claims"])["sub"] == "user-a"
+    for name in ("kid of the other key", "the plain secret"):
+        assert outcome[name] == {"status": 401}, (name, outcome)

@@ -33,7 +33,9 @@ from components.render.metrics_catalog import (
     load_documented_metrics,
     metric_names,
     postgres_exporter_queries_yaml,
+    undocumented,
 )
+from tests.conftest import STACKS
 from tests.integration.pg import (
     LOOPBACK,
     PgCluster,
@@ -42,6 +44,7 @@ from tests.integration.pg import (
     spawn_server,
     stop_server,
 )
+from tests.integration.rendered import rendered_dashboards, rendered_rule_specs
 from tests.tooling import require_tool
 
 pytestmark = pytest.mark.integration
@@ -206,3 +209,22 @@ def test_cnpg_custom_queries_run_as_cloudnativepg_runs_them(
             expected = [next(iter(metric)) for metric in query["metrics"]]
             assert columns == expected, f"{name}: columns {columns} != declared {expected}"
             assert rows, f"custom query {name} returned no rows"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rendered_stack_reads_only_real_metrics(
+    rendered_stack: Callable[[str], Path], stack: str
+) -> None:
+    """Every metric the deployed rules and dashboards read is documented for its pinned source.
+
+    Both committed stacks run CloudNativePG, whose names (and those of our custom queries) are
+    proven against the documented lists; external-mode names are proven by the real scrape above.
+    """
+    build = rendered_stack(stack)
+    (spec,) = rendered_rule_specs(build)
+    expressions = [rule["expr"] for group in spec["groups"] for rule in group["rules"]]
+    expressions += dashboard_expressions(rendered_dashboards(build))
+    names = frozenset().union(*(metric_names(expr) for expr in expressions))
+    assert {"cnpg_collector_up", "pgrst_schema_cache_loads_total"} <= names
+    missing = undocumented(names, load_documented_metrics(METRIC_LISTS), "cnpg")
+    assert not missing, f"{stack} reads metrics no pinned exporter produces: {sorted(missing)}"

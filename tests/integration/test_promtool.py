@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from components.render.alerts import (
 )
 from components.render.dashboards import dashboard_expressions, render_dashboards
 from components.render.metrics_catalog import POSTGRES_MODES, PostgresMode
+from tests.conftest import STACKS
+from tests.integration.rendered import rendered_dashboards, rendered_rule_specs
 from tests.tooling import require_tool
 
 pytestmark = pytest.mark.integration
@@ -161,3 +164,37 @@ def test_promtool_check_rejects_a_broken_query(tmp_path: Path) -> None:
     path = write_yaml(tmp_path / "broken.yaml", broken)
     result = promtool("check", "rules", str(path), cwd=tmp_path)
     assert result.returncode != 0
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rendered_stack_rules_pass_promtool_check(
+    tmp_path: Path, rendered_stack: Callable[[str], Path], stack: str
+) -> None:
+    """The PrometheusRule the stack deploys, exactly as rendered, loads in Prometheus."""
+    specs = rendered_rule_specs(rendered_stack(stack))
+    assert len(specs) == 1, f"expected one PrometheusRule in {stack}, found {len(specs)}"
+    path = write_yaml(tmp_path / f"{stack}-rules.yaml", specs[0])
+    result = promtool("check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    count = sum(len(group["rules"]) for group in specs[0]["groups"])
+    assert count >= 10
+    assert f"SUCCESS: {count} rules found" in result.stdout
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rendered_stack_dashboard_queries_parse(
+    tmp_path: Path, rendered_stack: Callable[[str], Path], stack: str
+) -> None:
+    boards = rendered_dashboards(rendered_stack(stack))
+    assert set(boards) == {"pgplatform-api.json", "pgplatform-database.json"}
+    rules = []
+    for index, expr in enumerate(dashboard_expressions(boards)):
+        promql = expr
+        for variable, value in GRAFANA_VARIABLES.items():
+            promql = promql.replace(variable, value)
+        assert "$" not in promql, f"unknown Grafana variable in {expr}"
+        rules.append({"record": f"pgplatform:dashboard_query:{index}", "expr": promql})
+    path = write_yaml(tmp_path / "dashboards.yaml", {"groups": [{"name": "q", "rules": rules}]})
+    result = promtool("check", "rules", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in result.stdout

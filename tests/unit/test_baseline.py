@@ -9,10 +9,21 @@ import pytest
 
 from components.render.baseline import (
     ACCESS_FILE,
+    APPLY_SCRIPT,
     EXPOSED_SCHEMAS_FILE,
+    SUPERUSER_VERSION_FILE,
+    admin_sql_files,
     baseline_sql_files,
+    bundle_checksum,
+    is_superuser_file,
+    job_bundle,
+    render_apply_script,
+    render_bootstrap_sql,
     render_exposed_schemas_sql,
+    render_superuser_version_sql,
     stack_sql_files,
+    superuser_sql_files,
+    superuser_version,
 )
 
 pytestmark = pytest.mark.unit
@@ -37,9 +48,14 @@ def functions() -> list[tuple[str, str, str, str]]:
 def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
     assert names == ["020_platform.sql", "030_audit.sql", "040_rls_guard.sql",
-                     "050_pgbouncer_auth.sql"]  # fmt: skip
+                     "050_pgbouncer_auth.sql", "060_pgbouncer_auth_grants.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
-    assert [name for name, _ in stack_sql_files(["content"])] == [*names, EXPOSED_SCHEMAS_FILE]
+    assert [name for name, _ in stack_sql_files(["content"])] == [
+        *names[:4],
+        names[4],
+        SUPERUSER_VERSION_FILE,
+        EXPOSED_SCHEMAS_FILE,
+    ]
 
 
 def test_fixed_function_names_exist() -> None:
@@ -60,6 +76,7 @@ def test_security_definer_functions_pin_search_path() -> None:
     definers = [(f, n, h) for f, n, _, h in functions() if "SECURITY DEFINER" in h]
     assert {n for _, n, _ in definers} == {
         "audit.record",
+        "platform.enforce_rls",
         "platform.rls_guard",
         "platform.pgbouncer_get_auth",
     }
@@ -128,3 +145,62 @@ def test_no_exposed_schemas_clears_the_registry() -> None:
 def test_exposed_schemas_are_validated(schemas: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=rf"^schemas: .*{message}"):
         render_exposed_schemas_sql(schemas)
+
+
+# -- superuser part and the baseline Job -----------------------------------------------------------
+_SUPERUSER_ONLY = re.compile(r"CREATE EVENT TRIGGER|pg_authid|SECURITY DEFINER", re.IGNORECASE)
+
+
+def _code(text: str) -> str:
+    """``text`` without its comment lines (the files explain themselves in comments)."""
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+def test_superuser_statements_live_only_in_marked_files() -> None:
+    """Everything a non-superuser admin cannot run is in a file the Job does not run as admin."""
+    marked = {name for name, text in baseline_sql_files() if is_superuser_file(text)}
+    assert marked == {"040_rls_guard.sql", "050_pgbouncer_auth.sql"}
+    for name, text in admin_sql_files(["content"]):
+        # audit.record() is SECURITY DEFINER too, but owned by the admin, who owns audit.log.
+        found = set(_SUPERUSER_ONLY.findall(_code(text)))
+        assert found <= ({"SECURITY DEFINER"} if name == "030_audit.sql" else set()), name
+
+
+def test_superuser_part_names_no_role_of_the_access_plan() -> None:
+    """It runs at bootstrap, before the plan's roles exist."""
+    text = _code(render_bootstrap_sql())
+    for role in ("pgbouncer_auth", "pgplatform_owner", "postgrest", "api_user", "api_anonymous"):
+        assert role not in text, role
+
+
+def test_version_marker_tracks_the_superuser_files() -> None:
+    version = superuser_version()
+    assert re.fullmatch(r"[0-9a-f]{64}", version)
+    assert superuser_sql_files()[-1] == (
+        SUPERUSER_VERSION_FILE,
+        render_superuser_version_sql(version),
+    )
+    assert f"'{version}'::text" in render_bootstrap_sql()
+    with pytest.raises(ValueError, match="sha256"):
+        render_superuser_version_sql("x'; DROP TABLE audit.log; --")
+
+
+def test_apply_script_includes_every_file_once_in_one_transaction() -> None:
+    script = render_apply_script(["identity", "content"])
+    included = re.findall(r"^\\ir (\S+)$", script, re.MULTILINE)
+    expected = [name for name, _ in superuser_sql_files()]
+    expected += [name for name, _ in admin_sql_files(["content"])]
+    assert included == expected
+    assert script.index("BEGIN;") < script.index("\\ir") < script.rindex("COMMIT;")
+    assert script.count("BEGIN;") == 1
+    assert "\\set ON_ERROR_STOP on" in script.splitlines()[1]
+    assert superuser_version() in script
+
+
+def test_job_bundle_and_checksum() -> None:
+    bundle = job_bundle(["identity", "content"])
+    assert list(bundle) == sorted(bundle)
+    assert set(bundle) == {APPLY_SCRIPT, *(n for n, _ in stack_sql_files(["content"]))}
+    assert "('identity')" in bundle[EXPOSED_SCHEMAS_FILE]
+    assert bundle_checksum(bundle) == bundle_checksum(dict(reversed(list(bundle.items()))))
+    assert bundle_checksum(bundle) != bundle_checksum(job_bundle(["identity"]))

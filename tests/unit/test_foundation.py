@@ -15,7 +15,7 @@ from components import inputs
 from components.render.access import AUTHENTICATOR, render_access_sql
 from components.settings import decode_config_value, parse_settings
 from tests.conftest import ROOT, run_program, stack_config
-from tools.mocks import RecordingMocks, is_secret
+from tools.mocks import RecordingMocks, is_secret, redact
 
 pytestmark = pytest.mark.unit
 
@@ -60,10 +60,16 @@ def test_cluster_instances_per_environment(
     assert spec["enablePDB"] is True
     assert spec["postgresql"]["pg_hba"] == ["hostssl all all all scram-sha-256"]
     assert "pg_stat_statements" in spec["postgresql"]["shared_preload_libraries"]
-    # The Cluster names the auto-named admin Secret Kubernetes actually creates.
-    (secret,) = mocks.by_type("kubernetes:core/v1:Secret")
-    assert spec["bootstrap"]["initdb"]["secret"]["name"] == secret.outputs["metadata"]["name"]
-    assert secret.outputs["metadata"]["name"].startswith("postgres-admin-")
+    # The Cluster names the Secret the admin credentials' ExternalSecret (from Vault) produces.
+    admin = [
+        r
+        for r in mocks.by_type("kubernetes:external-secrets.io/v1:ExternalSecret")
+        if r.inputs["spec"]["target"]["name"] == spec["bootstrap"]["initdb"]["secret"]["name"]
+    ]
+    assert len(admin) == 1
+    assert admin[0].inputs["spec"]["target"]["template"]["type"] == "kubernetes.io/basic-auth"
+    # No Kubernetes Secret with a literal value is registered anywhere.
+    assert not mocks.by_type("kubernetes:core/v1:Secret")
 
 
 def test_authenticator_is_locked_down(
@@ -135,13 +141,8 @@ def test_external_mode_creates_no_cluster(pulumi_mocks: Callable[..., RecordingM
     (provider,) = mocks.by_type("pulumi:providers:postgresql")
     assert provider.inputs["host"] == "db.example.com"
     assert is_secret(provider.inputs["password"])
-    assert "s3cret-admin" not in json.dumps(
-        [
-            r.inputs
-            for r in mocks.resources
-            if not is_secret(r.inputs.get("password")) and r.type != "kubernetes:core/v1:Secret"
-        ]
-    )
+    # The admin password travels only as a Pulumi secret (provider, Vault KV), never in clear.
+    assert "s3cret-admin" not in json.dumps([redact(r.inputs) for r in mocks.resources])
     assert _roles(mocks)[AUTHENTICATOR]["login"] is True
 
 

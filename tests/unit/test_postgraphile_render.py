@@ -14,7 +14,7 @@ from components.render import postgraphile as pgr
 
 pytestmark = pytest.mark.unit
 
-GRAPHQL_DIR = Path(__file__).resolve().parents[1] / "graphql"
+GRAPHQL_DIR = pgr.PACKAGE_DIR
 DB_PASSWORD = pgr.SecretKeyRef(name="graphql-db", key="password")
 JWT_SECRET = pgr.SecretKeyRef(name="graphql-jwt", key="secret")
 
@@ -92,8 +92,9 @@ def test_graphiql_off_unless_enabled() -> None:
     off = pgr.container_args(make())
     assert "--disable-graphiql" in off
     assert "--enhance-graphiql" not in off
-    on = pgr.container_args(make(graphiql=True))
+    on = pgr.container_args(make(graphiql=True, graphiql_route="/graphql/identity/graphiql"))
     assert "--disable-graphiql" not in on
+    assert on[on.index("--graphiql") + 1] == "/graphql/identity/graphiql"
 
 
 def test_query_log_off_by_default() -> None:
@@ -251,6 +252,8 @@ def test_role_claim_key_outside_the_subset_is_refused(key: str) -> None:
         ({"graphql_route": "graphql"}, "graphql_route"),
         ({"graphql_route": "/graphql/"}, "graphql_route"),
         ({"graphql_route": "//graphql"}, "graphql_route"),
+        ({"graphiql_route": "graphiql"}, "graphiql_route"),
+        ({"graphiql_route": "/graphql"}, "graphiql_route"),
         ({"max_pool_size": 0}, "max_pool_size"),
         ({"max_pool_size": True}, "max_pool_size"),
         ({"config_dir": "etc"}, "config_dir"),

@@ -1,0 +1,1 @@
+"""Database and render benchmarks (measurements, not tests)."""

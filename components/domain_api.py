@@ -1,0 +1,330 @@
+"""DomainApi: one PostgREST per domain schema, behind the gateway, with secrets from Vault."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_random as random
+
+from components import inputs
+from components.k8s import KubeObject, meta
+from components.render import domain_api as render
+from components.render.postgrest import (
+    POSTGREST_VERSION,
+    PostgrestConfInput,
+    render_postgrest_conf,
+)
+from components.render.secrets import (
+    EXTERNAL_SECRETS_API_VERSION,
+    jwks_external_secret_spec,
+    jwks_secret_store_spec,
+)
+from components.settings import StackSettings, VaultSettings
+from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+
+JWT_SECRET_LENGTH = 64
+"""Generated HS256 secret length (alphanumeric, ~380 bits); PostgREST needs at least 32."""
+
+
+def jwt_signing_secret(
+    s: StackSettings, opts: pulumi.ResourceOptions | None = None
+) -> pulumi.Output[str] | None:
+    """The stack's HS256 secret (``auth.mode`` hs256): ``pgplatform:jwtSecret`` or generated.
+
+    One secret per stack, shared by every API that verifies tokens (each gets its own copy in
+    its Vault secret). ``None`` in jwks mode, where the identity provider's keys are used.
+    """
+    if s.auth.mode != "hs256":
+        return None
+    if s.jwt_secret is not None:
+        return pulumi.Output.secret(s.jwt_secret.get_secret_value())
+    generated = random.RandomPassword(
+        "jwt-secret", length=JWT_SECRET_LENGTH, special=False, opts=opts
+    )
+    return pulumi.Output.secret(generated.result)
+
+
+def api_resource_name(domain: str) -> str:
+    """Logical name of a domain's DomainApi (children are ``<name>-<part>``)."""
+    return f"{render.dns_name(domain)}-api"
+
+
+def domain_api_args(
+    s: StackSettings,
+    domain: str,
+    *,
+    db_password: pulumi.Input[str],
+    jwt_secret: pulumi.Input[str] | None,
+) -> DomainApiArgs:
+    """Stack settings of ``domain`` mapped onto the component's args."""
+    return DomainApiArgs(
+        spec=inputs.domain_api_spec(s, domain),
+        conf=inputs.postgrest_conf_input(s, domain),
+        env=s.stack,
+        vault=s.vault,
+        db_password=db_password,
+        jwt_secret=jwt_secret,
+        jwks_url=s.auth.jwks_url if s.auth.mode == "jwks" else None,
+        public_url=inputs.domain_public_url(s, domain),
+    )
+
+
+def domain_api_report(s: StackSettings) -> list[str]:
+    """Summary lines of the render: per domain, the route, pool, scaling and objects."""
+    lines = ["", "Domain APIs (PostgREST " + POSTGREST_VERSION + "):"]
+    for domain in s.domains:
+        spec = inputs.domain_api_spec(s, domain)
+        conf = inputs.postgrest_conf_input(s, domain)
+        keys = "JWKS via webhook ExternalSecret" if spec.auth_mode == "jwks" else "HS256 via Vault"
+        objects = "ServiceAccount, ConfigMap, Deployment, Service, HPA, PDB, NetworkPolicy, "
+        objects += "HTTPRoute, Vault KV/policy/role, SecretStore, ExternalSecret"
+        if spec.auth_mode == "jwks":
+            objects += ", JWKS SecretStore + ExternalSecret"
+        budget = ", ".join(
+            f"{k} {v}" for k, v in render.disruption_budget(spec.replicas_min).items()
+        )
+        lines += [
+            f"  {domain}: {inputs.domain_public_url(s, domain)} -> "
+            f"{render.service_name(domain)}:{render.HTTP_PORT} (schema {conf.schema})",
+            f"    pool {conf.db_name} @ {conf.db_host}; replicas {spec.replicas_min}.."
+            f"{spec.replicas_max} (cpu {spec.cpu_target}%"
+            + (f", {spec.rps_target} rps/pod" if spec.rps_target else "")
+            + f"); PDB {budget}; keys: {keys}",
+            f"    objects: {objects}",
+        ]
+    return lines
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainApiArgs:
+    """One domain API: manifest inputs, ``postgrest.conf`` inputs and where secrets come from."""
+
+    spec: render.DomainApiSpec
+    conf: PostgrestConfInput
+    env: str
+    """Stack name, part of the Vault KV path."""
+    vault: VaultSettings
+    db_password: pulumi.Input[str]
+    """Password of the authenticator ``postgrest`` (delivered through Vault, never in a file)."""
+    jwt_secret: pulumi.Input[str] | None = None
+    """HS256 secret; required with ``auth_mode`` hs256, refused with jwks."""
+    jwks_url: str | None = None
+    """Identity provider JWKS URL; required with ``auth_mode`` jwks."""
+    public_url: str
+
+    def __post_init__(self) -> None:
+        jwks = self.spec.auth_mode == "jwks"
+        if jwks and not self.jwks_url:
+            raise ValueError("jwks_url: required when spec.auth_mode is 'jwks'")
+        if not jwks and self.jwt_secret is None:
+            raise ValueError("jwt_secret: required when spec.auth_mode is 'hs256'")
+        if jwks and self.jwt_secret is not None:
+            raise ValueError("jwt_secret: not used when spec.auth_mode is 'jwks'; leave it unset")
+        if self.conf.jwt_secret_file != self.spec.jwt_file:
+            raise ValueError(
+                f"conf.jwt_secret_file: {self.conf.jwt_secret_file!r} is not where the pod "
+                f"mounts the {self.spec.auth_mode} key ({self.spec.jwt_file!r})"
+            )
+        if self.conf.domain != render.dns_name(self.spec.domain):
+            raise ValueError(
+                f"conf.domain: {self.conf.domain!r} is not domain {self.spec.domain!r}"
+            )
+        if self.conf.server_port != render.HTTP_PORT or (
+            self.conf.admin_server_port != render.ADMIN_PORT
+        ):
+            raise ValueError(
+                f"conf.server_port/admin_server_port: the pod exposes "
+                f"{render.HTTP_PORT}/{render.ADMIN_PORT}"
+            )
+        if not self.public_url.startswith("https://"):
+            raise ValueError(f"public_url: must be https, got {self.public_url!r}")
+
+
+class DomainApi(pulumi.ComponentResource):
+    """PostgREST for one schema: workload, Service, autoscaling, budget, network policy, route."""
+
+    url: pulumi.Output[str]
+    """Public base URL of the API (gateway route)."""
+    service_address: pulumi.Output[str]
+    """In-cluster URL of the API Service."""
+    service_name: pulumi.Output[str]
+    """Name of the Service (``<domain>-api``)."""
+    deployment_name: pulumi.Output[str]
+    """Generated name of the PostgREST Deployment."""
+    config_map_name: pulumi.Output[str]
+    """Generated name of the ConfigMap holding ``postgrest.conf``."""
+    secret_name: pulumi.Output[str]
+    """Kubernetes Secret (from Vault) holding the authenticator password."""
+
+    def __init__(
+        self, name: str, args: DomainApiArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("pgplatform:index:DomainApi", name, None, opts)
+        spec = args.spec
+        ns = spec.namespace
+        labels = render.pod_labels(spec.domain)
+        child = pulumi.ResourceOptions(parent=self)
+
+        account = KubeObject(
+            f"{name}-sa",
+            api_version="v1",
+            kind="ServiceAccount",
+            metadata=meta(ns, labels),
+            body=render.service_account_body(),
+            opts=child,
+        )
+
+        consumer = render.consumer_name(spec.domain)
+        values: dict[str, pulumi.Input[str]] = {render.PASSWORD_KEY: args.db_password}
+        if args.jwt_secret is not None:
+            values[render.JWT_SECRET_KEY] = args.jwt_secret
+        secrets = VaultSecrets(
+            f"{name}-vault",
+            VaultSecretsArgs(
+                namespace=ns,
+                env=args.env,
+                vault=args.vault,
+                consumers=(
+                    VaultConsumer(
+                        name=consumer, service_account=account.object_name, values=values
+                    ),
+                ),
+                labels=labels,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
+        )
+        secret_name = secrets.secret_names[consumer]
+        rollout_deps: list[pulumi.Resource] = [secrets]
+        if spec.auth_mode == "jwks":
+            rollout_deps.append(self._jwks(name, spec, labels, args.jwks_url or ""))
+
+        conf = render_postgrest_conf(args.conf)
+        config = KubeObject(
+            f"{name}-config",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=meta(ns, labels),
+            body={"data": {render.CONF_KEY: conf}},
+            opts=child,
+        )
+        conf_checksum = render.conf_checksum(conf)
+
+        def deployment_spec(parts: list[Any]) -> dict[str, Any]:
+            config_map, service_account, secrets_checksum = parts
+            body = render.deployment_body(
+                spec,
+                config_map=str(config_map),
+                service_account=str(service_account),
+                secret_name=secret_name,
+                conf_checksum=conf_checksum,
+                secrets_checksum=str(secrets_checksum),
+            )
+            return dict(body["spec"])
+
+        deployment = KubeObject(
+            f"{name}-deployment",
+            api_version="apps/v1",
+            kind="Deployment",
+            metadata=meta(ns, labels),
+            body={
+                "spec": pulumi.Output.all(
+                    config.object_name, account.object_name, secrets.checksums[consumer]
+                ).apply(deployment_spec)
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, *rollout_deps]),
+        )
+        service = KubeObject(
+            f"{name}-service",
+            api_version="v1",
+            kind="Service",
+            metadata=meta(ns, labels, name=render.service_name(spec.domain)),
+            body=render.service_body(spec),
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-hpa",
+            api_version="autoscaling/v2",
+            kind="HorizontalPodAutoscaler",
+            metadata=meta(ns, labels),
+            body={
+                "spec": deployment.object_name.apply(
+                    lambda d: render.hpa_body(spec, deployment=d)["spec"]
+                )
+            },
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-pdb",
+            api_version="policy/v1",
+            kind="PodDisruptionBudget",
+            metadata=meta(ns, labels),
+            body=render.pdb_body(spec),
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-netpol",
+            api_version="networking.k8s.io/v1",
+            kind="NetworkPolicy",
+            metadata=meta(ns, labels),
+            body=render.network_policy_body(spec),
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-route",
+            api_version=render.GATEWAY_API_VERSION,
+            kind="HTTPRoute",
+            # Fixed name: the gateway's metrics carry it and the API alerts select on it.
+            metadata=meta(ns, labels, name=render.service_name(spec.domain)),
+            body=render.http_route_body(spec),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
+        )
+
+        self.url = pulumi.Output.from_input(args.public_url)
+        self.service_name = service.object_name
+        self.service_address = service.object_name.apply(
+            lambda svc: f"http://{svc}.{ns}.svc.cluster.local:{render.HTTP_PORT}"
+        )
+        self.deployment_name = deployment.object_name
+        self.config_map_name = config.object_name
+        self.secret_name = pulumi.Output.from_input(secret_name)
+        self.register_outputs(
+            {
+                "url": self.url,
+                "service_address": self.service_address,
+                "service_name": self.service_name,
+                "deployment_name": self.deployment_name,
+                "config_map_name": self.config_map_name,
+                "secret_name": self.secret_name,
+            }
+        )
+
+    def _jwks(
+        self, name: str, spec: render.DomainApiSpec, labels: dict[str, str], jwks_url: str
+    ) -> KubeObject:
+        """Prod keys: the identity provider's JWKS fetched into ``<domain>-postgrest-jwks``."""
+        ns = spec.namespace
+        target = render.jwks_secret_name(spec.domain)
+        store = KubeObject(
+            f"{name}-jwks-store",
+            api_version=EXTERNAL_SECRETS_API_VERSION,
+            kind="SecretStore",
+            metadata=meta(ns, labels),
+            body={"spec": jwks_secret_store_spec(jwks_url=jwks_url)},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return KubeObject(
+            f"{name}-jwks",
+            api_version=EXTERNAL_SECRETS_API_VERSION,
+            kind="ExternalSecret",
+            metadata=meta(ns, labels),
+            body={
+                "spec": store.object_name.apply(
+                    lambda store_name: jwks_external_secret_spec(
+                        store_name=store_name, target_secret=target, secret_labels=labels
+                    )
+                )
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[store]),
+        )

@@ -1,0 +1,135 @@
+"""SqlBaseline: the platform SQL baseline applied in the cluster by a Kubernetes Job.
+
+Who applies what (docs/database.md, "Superuser-only statements"):
+
+* Roles, schemas and grants: ``DatabaseAccess`` (pulumi-postgresql, as the admin role).
+* The superuser part of the baseline (the RLS guard's event trigger, the PgBouncer lookup that
+  reads ``pg_authid``): CloudNativePG runs it once as ``postgres`` when the cluster is created
+  (``bootstrap.initdb.postInitApplicationSQLRefs``, a ConfigMap made by ``ManagedPostgres``).
+  Superuser access stays disabled and no superuser password exists anywhere: the alternatives,
+  enabling it for a Job or giving a Job ``pods/exec`` on the database pods, put a standing
+  superuser credential in the namespace for what changes a few times a year.
+* Everything else: this Job, as the admin role (the database owner), in one transaction. It
+  checks the version marker of the superuser part; when a release changes those files the Job
+  fails with the file to apply by hand (``kubectl cnpg psql``) instead of skipping them. With
+  an external database whose admin is a superuser, the Job applies that part itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components.k8s import KubeObject, meta
+from components.render import baseline_job as render
+from components.render.baseline import bundle_checksum, job_bundle
+from components.render.pgbouncer_pool import DatabaseEgress
+
+
+@dataclass(frozen=True, kw_only=True)
+class SqlBaselineArgs:
+    """The stack's exposed schemas and how the Job reaches the database as the admin role."""
+
+    namespace: str
+    database: str
+    sslmode: str
+    """libpq sslmode towards the database (``postgres.sslmode``)."""
+    exposed_schemas: tuple[str, ...]
+    host: pulumi.Input[str]
+    port: pulumi.Input[int]
+    admin_secret: pulumi.Input[str]
+    """basic-auth Secret of the admin role (ManagedPostgres.admin_secret_name)."""
+    ca_secret: pulumi.Input[str]
+    """Secret with the server CA as ``ca.crt``; "" when none is known."""
+    cluster_name: pulumi.Input[str]
+    """CloudNativePG cluster ("" for an external database): the Job's egress target."""
+
+    def __post_init__(self) -> None:
+        if not self.exposed_schemas:
+            raise ValueError("exposed_schemas: at least one schema is exposed by an API")
+        if self.sslmode not in render.SSLMODES:
+            raise ValueError(f"sslmode: one of {render.SSLMODES}, got {self.sslmode!r}")
+        job_bundle(self.exposed_schemas)  # validates the schema names
+
+
+class SqlBaseline(pulumi.ComponentResource):
+    """ConfigMap with the SQL bundle, the Job applying it, and the Job's NetworkPolicy."""
+
+    bundle_checksum: pulumi.Output[str]
+    """Content hash of the bundle (names and texts); part of the Job's name."""
+    job_name: pulumi.Output[str]
+    """Generated name of the Job applying this bundle."""
+    config_map_name: pulumi.Output[str]
+    """Generated name of the ConfigMap holding the bundle."""
+
+    def __init__(
+        self, name: str, args: SqlBaselineArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
+        ns = args.namespace
+        labels = render.labels()
+        bundle = job_bundle(args.exposed_schemas)
+        checksum = bundle_checksum(bundle)
+        child = pulumi.ResourceOptions(parent=self)
+
+        config = KubeObject(
+            f"{name}-sql",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=meta(ns, labels),
+            body={"data": bundle},
+            opts=child,
+        )
+        spec = pulumi.Output.all(
+            args.host, args.port, args.admin_secret, args.ca_secret, args.cluster_name
+        ).apply(lambda values: _resolve(args, values))
+
+        def job_spec(parts: list[Any]) -> dict[str, Any]:
+            job, config_map = parts
+            return dict(
+                render.job_body(job, config_map=str(config_map), bundle_checksum=checksum)["spec"]
+            )
+
+        job = KubeObject(
+            f"{name}-job-{render.job_suffix(checksum)}",
+            api_version="batch/v1",
+            kind="Job",
+            metadata=meta(ns, labels),
+            body={"spec": pulumi.Output.all(spec, config.object_name).apply(job_spec)},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config]),
+        )
+        KubeObject(
+            f"{name}-netpol",
+            api_version="networking.k8s.io/v1",
+            kind="NetworkPolicy",
+            metadata=meta(ns, labels),
+            body={"spec": spec.apply(lambda s: render.network_policy_body(s)["spec"])},
+            opts=child,
+        )
+
+        self.bundle_checksum = pulumi.Output.from_input(checksum)
+        self.job_name = job.object_name
+        self.config_map_name = config.object_name
+        self.register_outputs(
+            {
+                "bundle_checksum": self.bundle_checksum,
+                "job_name": self.job_name,
+                "config_map_name": self.config_map_name,
+            }
+        )
+
+
+def _resolve(args: SqlBaselineArgs, values: list[Any]) -> render.BaselineJobSpec:
+    host, port, admin_secret, ca_secret, cluster = values
+    return render.BaselineJobSpec(
+        namespace=args.namespace,
+        host=str(host),
+        port=int(port),
+        database=args.database,
+        sslmode=args.sslmode,
+        admin_secret=str(admin_secret),
+        ca_secret=(str(ca_secret) or None) if args.sslmode.startswith("verify") else None,
+        egress=DatabaseEgress(port=int(port), cluster=str(cluster) or None),
+    )

@@ -1,0 +1,31 @@
+"""The offline render as the policy pack sees a stack: what the unit and pack tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policy import rules
+from tests.conftest import resources_json
+from tools.mocks import auto_suffix
+
+
+def deployed_view(build: Path) -> list[rules.StackResource]:
+    """The render's registrations as the engine would show them: generated names filled in.
+
+    Kubernetes objects without ``metadata.name`` get the engine's auto-name, which is also what
+    other objects reference (an HPA's ``scaleTargetRef.name``).
+    """
+    resources: list[rules.StackResource] = []
+    for row in resources_json(build):
+        props = dict(row["inputs"])
+        if row["type"].startswith("kubernetes:"):
+            metadata = dict(props.get("metadata") or {})
+            metadata.setdefault("name", f"{row['name']}-{auto_suffix(row['name'])}")
+            props["metadata"] = metadata
+        resources.append((row["type"], row["name"], props))
+    return resources
+
+
+def urn(stack: str, resource_type: str, name: str) -> str:
+    """A resource URN as the engine builds it (the pack reads the stack name from it)."""
+    return f"urn:pulumi:{stack}::pgplatform::{resource_type}::{name}"

@@ -1,0 +1,180 @@
+"""SqlBaseline: the baseline Job (pure) and how the program wires it and the bootstrap SQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from components import inputs
+from components.render import baseline_job as render
+from components.render import pods
+from components.render.baseline import (
+    BOOTSTRAP_KEY,
+    bundle_checksum,
+    job_bundle,
+    render_bootstrap_sql,
+)
+from components.render.pgbouncer_pool import DatabaseEgress
+from components.settings import decode_config_value, parse_settings
+from tests.conftest import STACKS, run_program, stack_config
+from tools.mocks import RecordingMocks
+
+pytestmark = pytest.mark.unit
+
+K8S_VERSION = "1.33"
+CHECKSUM = "c" * 64
+
+
+def spec(**changes: Any) -> render.BaselineJobSpec:
+    values: dict[str, Any] = {
+        "namespace": "pgplatform",
+        "host": "postgres-db-rw.pgplatform.svc.cluster.local",
+        "port": 5432,
+        "database": "app",
+        "sslmode": "verify-full",
+        "admin_secret": "postgres-admin-x",
+        "ca_secret": "postgres-db-ca",
+        "egress": DatabaseEgress(port=5432, cluster="postgres-db"),
+    }
+    values.update(changes)
+    return render.BaselineJobSpec(**values)
+
+
+def job(s: render.BaselineJobSpec | None = None) -> dict[str, Any]:
+    return render.job_body(s or spec(), config_map="sql-x", bundle_checksum=CHECKSUM)
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "body"),
+    [
+        ("batch/v1", "Job", job()),
+        ("batch/v1", "Job", job(spec(sslmode="require", ca_secret=None))),
+        ("networking.k8s.io/v1", "NetworkPolicy", render.network_policy_body(spec())),
+    ],
+)
+def test_objects_pass_the_kubernetes_schema(
+    api_version: str, kind: str, body: dict[str, Any]
+) -> None:
+    obj = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": "x", "namespace": "pgplatform", "labels": render.labels()},
+        **body,
+    }
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_job_connects_as_the_admin_with_tls_and_no_literal_secret() -> None:
+    body = job()["spec"]
+    pod = body["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGUSER"]["valueFrom"]["secretKeyRef"] == {
+        "name": "postgres-admin-x",
+        "key": "username",
+    }
+    assert env["PGPASSWORD"] == pods.secret_env("PGPASSWORD", "postgres-admin-x", "password")
+    assert env["PGSSLMODE"]["value"] == "verify-full"
+    assert env["PGSSLROOTCERT"]["value"] == f"{render.CA_DIR}/{render.CA_KEY}"
+    assert container["command"] == ["psql", "-X", "-f", f"{render.SQL_DIR}/apply.psql"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert body["backoffLimit"] > 0
+    assert body["activeDeadlineSeconds"] >= 60
+    assert body["template"]["metadata"]["annotations"] == {pods.CHECKSUM_ANNOTATION: CHECKSUM}
+    plain = job(spec(sslmode="require", ca_secret=None))["spec"]["template"]["spec"]
+    assert "PGSSLROOTCERT" not in json.dumps(plain)
+    assert {v["name"] for v in plain["volumes"]} == {"sql"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ca_secret": None}, "ca_secret: required with sslmode 'verify-full'"),
+        ({"sslmode": "prefer"}, "sslmode"),
+        ({"database": "app; drop"}, "database"),
+        ({"host": "bad host"}, "host"),
+        ({"image": "postgres:latest"}, "pin a version"),
+    ],
+)
+def test_spec_validation_names_the_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        spec(**changes)
+
+
+def test_job_suffix_is_the_bundle_hash() -> None:
+    assert render.job_suffix(CHECKSUM) == "c" * 12
+    with pytest.raises(ValueError, match="sha256"):
+        render.job_suffix("not-a-hash")
+
+
+# -- the program ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_wires_bootstrap_and_job(
+    pulumi_mocks: Callable[..., RecordingMocks], stack: str
+) -> None:
+    mocks = run_program(pulumi_mocks, stack)
+    config, secrets = stack_config(stack)
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
+    bundle = job_bundle(inputs.exposed_schemas(settings))
+    checksum = bundle_checksum(bundle)
+
+    [job_resource] = mocks.by_type("kubernetes:batch/v1:Job")
+    assert job_resource.name == f"sql-baseline-job-{checksum[:12]}"
+    [config_map] = [
+        r for r in mocks.by_type("kubernetes:core/v1:ConfigMap") if r.name == "sql-baseline-sql"
+    ]
+    assert config_map.inputs["data"] == bundle
+    env = {
+        e["name"]: e
+        for e in job_resource.inputs["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["PGSSLMODE"]["value"] == settings.postgres.sslmode
+    assert env["PGHOST"]["value"].startswith("postgres-db-rw.")
+
+    # CloudNativePG runs the superuser part once, from a ConfigMap the Cluster names.
+    [bootstrap] = [
+        r
+        for r in mocks.by_type("kubernetes:core/v1:ConfigMap")
+        if r.name == "postgres-bootstrap-sql"
+    ]
+    assert bootstrap.inputs["data"] == {BOOTSTRAP_KEY: render_bootstrap_sql()}
+    [cluster] = mocks.by_type("kubernetes:postgresql.cnpg.io/v1:Cluster")
+    refs = cluster.inputs["spec"]["bootstrap"]["initdb"]["postInitApplicationSQLRefs"]
+    assert refs == {
+        "configMapRefs": [{"name": bootstrap.inputs["metadata"]["name"], "key": BOOTSTRAP_KEY}]
+    }
+    assert cluster.inputs["spec"]["enableSuperuserAccess"] is False
+
+
+def test_external_mode_has_no_bootstrap_and_the_job_targets_the_endpoint(
+    pulumi_mocks: Callable[..., RecordingMocks],
+) -> None:
+    config, secrets = stack_config("prod")
+    config["pgplatform:postgres"] = json.dumps(
+        {"mode": "external", "host": "db.example.com", "roHost": "ro.example.com",
+         "caSecret": "db-ca"}
+    )  # fmt: skip
+    config["pgplatform:postgresAdminPassword"] = "s3cret-admin-password"
+    config["pgplatform:backup"] = json.dumps({"enabled": False})
+    mocks = run_program(
+        pulumi_mocks, "prod", config, [*secrets, "pgplatform:postgresAdminPassword"]
+    )
+    assert not [r for r in mocks.resources if r.name == "postgres-bootstrap-sql"]
+    [job_resource] = mocks.by_type("kubernetes:batch/v1:Job")
+    pod = job_resource.inputs["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["PGHOST"] == "db.example.com"
+    assert {v["name"]: v for v in pod["volumes"]}["db-ca"]["secret"]["secretName"] == "db-ca"
+    [policy] = [
+        r
+        for r in mocks.by_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+        if r.name == "sql-baseline-netpol"
+    ]
+    assert policy.inputs["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
