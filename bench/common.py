@@ -7,23 +7,19 @@ removed) on exit; nothing here is a test, the numbers are printed.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from tools.render import render_in_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def render_stack(stack: str, out: Path) -> Path:
     """``python -m tools.render --stack <stack> --out <out>``: the files the stack deploys."""
-    subprocess.run(
-        [sys.executable, "-m", "tools.render", "--stack", stack, "--out", str(out)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    result = render_in_subprocess(stack, out)
+    if result.returncode != 0:
+        raise SystemExit(f"render of {stack} failed:\n{result.stdout}{result.stderr}")
     return out
 
 

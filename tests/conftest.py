@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import pytest
 
 from tools import mocks as recording
-from tools.render import read_stack_config
+from tools.render import read_stack_config, render_in_subprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = ("staging", "prod")
@@ -69,13 +67,8 @@ def rendered_stack(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
     def render(stack: str) -> Path:
         if stack not in _RENDERED:
             out = tmp_path_factory.mktemp(f"build-{stack}")
-            subprocess.run(
-                [sys.executable, "-m", "tools.render", "--stack", stack, "--out", str(out)],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
+            result = render_in_subprocess(stack, out)
+            assert result.returncode == 0, result.stdout + result.stderr
             _RENDERED[stack] = out
         return _RENDERED[stack]
 

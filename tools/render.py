@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -174,6 +175,16 @@ def render(stack: str, out: Path, config_file: Path | None = None) -> int:
     phase("summary")
     print("\n".join(lines))
     return 0
+
+
+def render_in_subprocess(
+    stack: str, out: Path, config: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run this CLI in a fresh interpreter (the Pulumi runtime keeps process-wide state)."""
+    argv = [sys.executable, "-m", "tools.render", "--stack", stack, "--out", str(out)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -51,6 +50,7 @@ from tests.conftest import ROOT
 from tests.integration.pg import PgCluster, free_port, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
 from tests.tooling import require_tool
+from tools.render import render_in_subprocess
 
 pytestmark = pytest.mark.integration
 
@@ -150,23 +150,7 @@ def prod_pilot_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = directory / "Pulumi.prod.yaml"
     config.write_text(yaml.safe_dump(document))
     out = directory / "build"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.render",
-            "--stack",
-            "prod",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = render_in_subprocess("prod", out, config)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 

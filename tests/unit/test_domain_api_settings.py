@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.settings import SettingsError, parse_settings
-from tests.conftest import ROOT
+from tools.render import render_in_subprocess
 
 pytestmark = pytest.mark.unit
 
@@ -141,23 +139,7 @@ def test_render_cli_reports_domain_errors(tmp_path: Path) -> None:
         "  pgplatform:domains: {identity: {replicas: {min: 1, max: 2}}, billing_: {}}\n"
         "  pgplatform:backup: {destinationPath: 's3://b/p', credentialsSecret: s}\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.render",
-            "--stack",
-            "prod",
-            "--config",
-            str(stack_file),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = render_in_subprocess("prod", tmp_path / "out", stack_file)
     assert result.returncode == 2, result.stderr
     for key in (
         "pgplatform:auth.jwksUrl",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,8 +12,9 @@ import pytest
 from components import inputs
 from components.render.access import AUTHENTICATOR, render_access_sql
 from components.settings import decode_config_value, parse_settings
-from tests.conftest import ROOT, run_program, stack_config
+from tests.conftest import run_program, stack_config
 from tools.mocks import RecordingMocks, is_secret, redact
+from tools.render import render_in_subprocess
 
 pytestmark = pytest.mark.unit
 
@@ -252,23 +251,7 @@ def test_render_cli_reports_bad_config(tmp_path: Any) -> None:
         "  pgplatform:auth: {audience: x, anonymous: true, jwksUrl: https://id.example.com/j}\n"
         "  pgplatform:domains: {identity: {replicas: {min: 4, max: 2}}}\n"
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.render",
-            "--stack",
-            "prod",
-            "--config",
-            str(bad),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = render_in_subprocess("prod", tmp_path / "out", bad)
     assert result.returncode == 2
     assert "pgplatform:domains.identity.replicas: min (4) must be <= max (2)" in result.stderr
     assert "Traceback" not in result.stderr
