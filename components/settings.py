@@ -245,7 +245,6 @@ class ObservabilitySettings(_Model):
     alerts: AlertSettings
     runbook_base_url: str = Field(pattern=r"^https://")
     prometheus_namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
 
 
 class BackupSettings(_Model):
