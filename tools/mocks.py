@@ -62,9 +62,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
-        self._by_urn_name: dict[tuple[str, str], Recorded] = {}
+        # Parent and provider of the registration being answered (set by RecordingMonitor).
+        self.registering: tuple[str | None, str] = (None, "")
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        parent, provider = self.registering
+        recorded = Recorded(
+            type=args.typ, name=args.name, parent=parent, inputs=args.inputs, provider=provider
+        )
+        self.resources.append(recorded)
         outputs = dict(args.inputs)
         if args.typ.startswith("kubernetes:"):
             metadata = dict(outputs.get("metadata") or {})
@@ -75,10 +81,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             length = int(args.inputs.get("length", 32))
             seed = hashlib.sha256(args.name.encode()).hexdigest()
             outputs["result"] = _secret((seed * 4)[:length])
-        for recorded in reversed(self.resources):
-            if recorded.type == args.typ and recorded.name == args.name:
-                recorded.outputs = outputs
-                break
+        recorded.outputs = outputs
         return f"{args.name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
@@ -99,18 +102,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         self.recording = mocks
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        if request.type != "pulumi:pulumi:Stack":
-            parent = request.parent.split("::")[-1] if request.parent else None
-            inputs = rpc.deserialize_properties(request.object)
-            self.recording.resources.append(
-                Recorded(
-                    type=request.type,
-                    name=request.name,
-                    parent=parent,
-                    inputs=inputs,
-                    provider=request.provider,
-                )
-            )
+        # The plain monitor answers synchronously through new_resource, which records it.
+        parent = request.parent.split("::")[-1] if request.parent else None
+        self.recording.registering = (parent, request.provider)
         return super().RegisterResource(request)
 
 
@@ -132,6 +126,9 @@ def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
         preview=False,
         monitor=RecordingMonitor(mocks),
     )
+    # The mocked engine only relays the SDK's debug lines (several per registration) to Python
+    # logging; without an engine the SDK skips them, and prints warnings and errors to stderr.
+    pulumi.runtime.settings.SETTINGS.engine = None
     return mocks
 
 
