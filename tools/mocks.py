@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,15 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
-        # Parent and provider of the registration being answered (set by RecordingMonitor).
-        self.registering: tuple[str | None, str] = (None, "")
+        # Parent and provider of the registration being answered, set by RecordingMonitor. The
+        # SDK calls the monitor from a pool of threads, so this is per thread.
+        self._registering = threading.local()
+
+    def registering(self, parent: str | None, provider: str) -> None:
+        self._registering.value = (parent, provider)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        parent, provider = self.registering
+        parent, provider = getattr(self._registering, "value", (None, ""))
         recorded = Recorded(
             type=args.typ, name=args.name, parent=parent, inputs=args.inputs, provider=provider
         )
@@ -104,7 +109,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         # The plain monitor answers synchronously through new_resource, which records it.
         parent = request.parent.split("::")[-1] if request.parent else None
-        self.recording.registering = (parent, request.provider)
+        self.recording.registering(parent, request.provider)
         return super().RegisterResource(request)
 
 
