@@ -138,6 +138,8 @@ def postgrest_conf_input(s: StackSettings, domain: str) -> PostgrestConfInput:
         db_max_rows=d.max_rows,
         pre_request="platform.pre_request",
         public_url=domain_public_url(s, domain),
+        # The API's own origin (its OpenAPI/Swagger pages) first, then the configured ones.
+        cors_allowed_origins=tuple(dict.fromkeys([s.public_base_url, *d.cors_allowed_origins])),
         log_level=d.log_level,
         server_timing_enabled=d.server_timing,
         trace_header="X-Request-Id",
@@ -179,6 +181,8 @@ def domain_api_spec(s: StackSettings, domain: str) -> DomainApiSpec:
             namespace=gw.namespace,
             section_name=gw.section_name,
             forward_auth=forward_auth,
+            proxy_namespace=gw.proxy_namespace or gw.namespace,
+            proxy_selector=dict(gw.proxy_selector),
         ),
         public_host=urlsplit(s.public_base_url).hostname or "",
         prometheus_namespace=s.observability.prometheus_namespace,
@@ -240,7 +244,7 @@ def graphql_network_input(s: StackSettings) -> NetworkInput:
     from components.render.pods import selector_labels
 
     return NetworkInput(
-        gateway_namespace=s.gateway.namespace,
+        gateway=domain_api_spec(s, s.graphql.schemas[0]).gateway,
         server_port=postgraphile_input(s).port,
         pgbouncer_selector=selector_labels("pgbouncer", "pgbouncer"),
         pgbouncer_port=5432,

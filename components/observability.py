@@ -72,6 +72,9 @@ class ObservabilityStackArgs:
     labels: Mapping[str, str] = field(
         default_factory=lambda: pods.labels("pgplatform", "monitoring", "pgplatform")
     )
+    monitoring_labels: Mapping[str, str] = field(default_factory=dict)
+    """Added to every ServiceMonitor, PodMonitor and PrometheusRule: the labels the cluster's
+    Prometheus selects them by (kube-prometheus-stack: ``release: <helm release>``)."""
 
     def __post_init__(self) -> None:
         if self.postgres_mode not in {"cnpg", "external"}:
@@ -87,6 +90,15 @@ class ObservabilityStackArgs:
             )
         if external and self.backups:
             raise ValueError("backups: an external database's backups are its provider's")
+        try:
+            pods.with_extra_labels(self.labels, self.monitoring_labels)
+        except ValueError as error:
+            raise ValueError(f"monitoring_labels: {error}") from None
+
+    @property
+    def monitor_labels(self) -> dict[str, str]:
+        """Labels of the monitors and the rule: ours plus the Prometheus selector's."""
+        return pods.with_extra_labels(self.labels, self.monitoring_labels)
 
     @property
     def naming(self) -> TargetNaming:
@@ -145,6 +157,7 @@ class ObservabilityStack(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         ns = args.namespace
         labels = dict(args.labels)
+        monitor_labels = args.monitor_labels
         monitors: list[KubeObject] = []
 
         for domain in args.domains:
@@ -154,7 +167,7 @@ class ObservabilityStack(pulumi.ComponentResource):
                     f"{name}-{service}",
                     api_version=render.MONITORING_API_VERSION,
                     kind="ServiceMonitor",
-                    metadata=meta(ns, labels),
+                    metadata=meta(ns, monitor_labels),
                     body={
                         "spec": render.service_monitor_spec(
                             namespace=ns,
@@ -170,7 +183,7 @@ class ObservabilityStack(pulumi.ComponentResource):
                 f"{name}-pgbouncer",
                 api_version=render.MONITORING_API_VERSION,
                 kind="ServiceMonitor",
-                metadata=meta(ns, labels),
+                metadata=meta(ns, monitor_labels),
                 body={
                     "spec": render.service_monitor_spec(
                         namespace=ns, selector=args.pgbouncer.selector, port=args.pgbouncer.port
@@ -185,7 +198,7 @@ class ObservabilityStack(pulumi.ComponentResource):
                     f"{name}-cnpg",
                     api_version=render.MONITORING_API_VERSION,
                     kind="PodMonitor",
-                    metadata=meta(ns, labels),
+                    metadata=meta(ns, monitor_labels),
                     body={
                         "spec": render.cnpg_pod_monitor_spec(
                             namespace=ns, cluster=args.cluster_name
@@ -195,14 +208,14 @@ class ObservabilityStack(pulumi.ComponentResource):
                 )
             )
         else:
-            monitors.append(self._exporter(name, args, labels))
+            monitors.append(self._exporter(name, args, monitor_labels))
 
         spec = rule_spec(args)
         rule = KubeObject(
             f"{name}-rules",
             api_version=render.MONITORING_API_VERSION,
             kind="PrometheusRule",
-            metadata=meta(ns, labels),
+            metadata=meta(ns, monitor_labels),
             body={"spec": spec},
             opts=child,
         )
@@ -380,6 +393,7 @@ def observability_args(
             raise ValueError("monitor_password: required in postgres.mode 'external'")
         secrets = ExporterSecrets(env=s.stack, vault=s.vault, password=monitor_password)
     return ObservabilityStackArgs(
+        monitoring_labels=dict(s.observability.monitoring_labels),
         namespace=s.namespace,
         domains=domains,
         postgrest_services={d: domain_api.service_name(d) for d in domains},

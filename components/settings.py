@@ -117,7 +117,33 @@ def _ipv4_cidr(value: str) -> str:
     return str(network)
 
 
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    from components.render.pods import label_problem
+
+    for key, item in value.items():
+        problem = label_problem(key, item)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+_ORIGIN = re.compile(
+    r"^https?://[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*(:[0-9]{1,5})?$"
+)
+
+
+def _origin(value: str) -> str:
+    if not _ORIGIN.match(value):
+        raise ValueError(
+            f"{value!r} is not a browser origin: use scheme://host[:port] in lower case, "
+            "e.g. 'https://app.example.com', without a path, a trailing '/' or '*'"
+        )
+    return value
+
+
 SqlName = Annotated[str, AfterValidator(_sql_name)]
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Origin = Annotated[str, AfterValidator(_origin)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
 GoDuration = Annotated[str, AfterValidator(_go_duration)]
@@ -173,6 +199,8 @@ class DomainSettings(_Model):
     rps_target: int | None = Field(default=None, ge=1)
     log_level: Literal["crit", "error", "warn", "info", "debug"]
     server_timing: bool
+    # Browser origins (besides the API's own) allowed to call the API (CORS).
+    cors_allowed_origins: list[Origin] = Field(default_factory=list)
 
 
 class GatewayRef(_Model):
@@ -187,6 +215,13 @@ class GatewayRef(_Model):
     forward_auth_group: str | None = None
     forward_auth_kind: str | None = None
     forward_auth_name: str | None = None
+    # Where the gateway's data-plane pods run (the API NetworkPolicy admits them): Envoy Gateway
+    # runs its proxies in its own namespace (envoy-gateway-system), not the Gateway's. Defaults
+    # to `namespace`; proxySelector narrows to the proxy pods' labels.
+    proxy_namespace: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63
+    )
+    proxy_selector: Labels = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _forward_auth_complete(self) -> GatewayRef:
@@ -245,6 +280,9 @@ class ObservabilitySettings(_Model):
     alerts: AlertSettings
     runbook_base_url: str = Field(pattern=r"^https://")
     prometheus_namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # Added to ServiceMonitors, PodMonitors and the PrometheusRule: what the cluster's Prometheus
+    # selects them by (kube-prometheus-stack: `release: <helm release name>`).
+    monitoring_labels: Labels = Field(default_factory=dict)
 
 
 class BackupSettings(_Model):
@@ -599,10 +637,37 @@ def _feature_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _cluster_fit_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Labels for the cluster's Prometheus and browser origins that fit the environment."""
+    problems = [
+        _problem(
+            f"observability.monitoringLabels.{key}",
+            "app.kubernetes.io/* labels are the platform's own: choose another key "
+            "(kube-prometheus-stack selects by 'release')",
+            value,
+        )
+        for key, value in s.observability.monitoring_labels.items()
+        if key.startswith("app.kubernetes.io/")
+    ]
+    if s.environment == "prod":
+        problems += [
+            _problem(
+                f"domains.{name}.corsAllowedOrigins[{index}]",
+                "prod allows only https origins",
+                origin,
+            )
+            for name, domain in s.domains.items()
+            for index, origin in enumerate(domain.cors_allowed_origins)
+            if not origin.startswith("https://")
+        ]
+    return problems
+
+
 def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     """Rules spanning several keys; run once every key is individually valid."""
     return (
         _auth_checks(s)
+        + _cluster_fit_checks(s)
         + _vault_checks(s)
         + _postgres_checks(s)
         + _domain_checks(s)

@@ -31,6 +31,8 @@ _VALIDATOR_LABELS = {
     "_duration": "duration",
     "_go_duration": "Go duration",
     "_quantity": "quantity",
+    "_labels": "map of label",
+    "_origin": "origin",
 }
 
 
@@ -119,7 +121,9 @@ def rows() -> list[tuple[str, str, str, str]]:
                 type_name += " (set with `--secret`)"
             default_s = _lookup(staging, path)
             default_p = _lookup(prod, path)
-            model_default = None if info.is_required() else info.default
+            model_default = (
+                None if info.is_required() else info.get_default(call_default_factory=True)
+            )
             if default_s is None and default_p is None and model_default is not None:
                 default_s = default_p = model_default
             if path == ["environment"]:

@@ -119,6 +119,28 @@ class GatewayParent:
     namespace: str
     section_name: str | None = None
     forward_auth: ForwardAuth | None = None
+    proxy_namespace: str | None = None
+    """Namespace of the gateway's proxy pods (Envoy Gateway: its own namespace, by default
+    ``envoy-gateway-system``); ``None`` means the Gateway's namespace."""
+    proxy_selector: Mapping[str, str] = field(default_factory=dict)
+    """Labels of the proxy pods within that namespace; empty admits the whole namespace."""
+
+    def __post_init__(self) -> None:
+        ns = self.proxy_namespace
+        if ns is not None and (not _K8S_NAME.fullmatch(ns) or len(ns) > 63):
+            raise ValueError(f"GatewayParent.proxy_namespace: not a namespace name, got {ns!r}")
+        for key, value in self.proxy_selector.items():
+            problem = pods.label_problem(key, value)
+            if problem:
+                raise ValueError(f"GatewayParent.proxy_selector: {problem}")
+
+
+def gateway_peer(gateway: GatewayParent) -> dict[str, Any]:
+    """NetworkPolicy peer of the gateway's proxies: their namespace, and their pods if named."""
+    peer = _namespace(gateway.proxy_namespace or gateway.namespace)
+    if gateway.proxy_selector:
+        peer["podSelector"] = {"matchLabels": dict(gateway.proxy_selector)}
+    return peer
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,14 +387,14 @@ def _namespace(name: str) -> dict[str, Any]:
 
 
 def network_policy_body(spec: DomainApiSpec) -> dict[str, Any]:
-    """API port from the gateway namespace, admin port from Prometheus; out: PgBouncer, DNS."""
+    """API port from the gateway proxies, admin port from Prometheus; out: PgBouncer, DNS."""
     return {
         "spec": {
             "podSelector": {"matchLabels": selector(spec.domain)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {
-                    "from": [_namespace(spec.gateway.namespace)],
+                    "from": [gateway_peer(spec.gateway)],
                     "ports": [{"protocol": "TCP", "port": HTTP_PORT}],
                 },
                 {

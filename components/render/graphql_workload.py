@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from components.render import pods
 from components.render import postgraphile as pgr
-from components.render.domain_api import GatewayParent, disruption_budget
+from components.render.domain_api import GatewayParent, disruption_budget, gateway_peer
 from components.render.postgrest import JWT_RELOADER_IMAGE
 from components.render.secret_sync import SECRETS_CHECKSUM_ANNOTATION, wait_for_secret_container
 
@@ -396,7 +396,8 @@ def _ip_blocks(cidrs: Sequence[str]) -> list[dict[str, Any]]:
 class NetworkInput:
     """Who may talk to the pods and whom they may reach."""
 
-    gateway_namespace: str
+    gateway: GatewayParent
+    """Whose proxies may call the pilot (the REST APIs' gateway and proxy namespace)."""
     server_port: int
     pgbouncer_selector: Mapping[str, str]
     pgbouncer_port: int
@@ -421,9 +422,7 @@ def network_policy_spec(n: NetworkInput) -> dict[str, Any]:
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [
             {
-                "from": [
-                    {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: n.gateway_namespace}}}
-                ],
+                "from": [gateway_peer(n.gateway)],
                 "ports": [{"protocol": "TCP", "port": n.server_port}],
             }
         ],

@@ -6,6 +6,7 @@ reaches PostgREST, PgBouncer, PostGraphile and the jobs at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,46 @@ def labels(name: str, component: str, instance: str) -> dict[str, str]:
 def selector_labels(name: str, instance: str) -> dict[str, str]:
     """Labels a Deployment selects on: never change them after the first deploy."""
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}
+
+
+_LABEL_PREFIX = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+_LABEL_NAME = re.compile(r"(?=.{1,63}$)[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"(?=.{0,63}$)([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+
+
+def label_problem(key: str, value: str) -> str | None:
+    """Why ``key: value`` is not a valid Kubernetes label, or None (API server rules)."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        return f"label {key!r}: key and value must be strings"
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not _LABEL_PREFIX.fullmatch(prefix)) or not _LABEL_NAME.fullmatch(name):
+        return (
+            f"label key {key!r} is invalid: [prefix/]name, name <= 63 characters of "
+            "[A-Za-z0-9-_.] starting and ending alphanumeric, prefix a DNS subdomain"
+        )
+    if not _LABEL_VALUE.fullmatch(value):
+        return (
+            f"label {key!r} value {value!r} is invalid: <= 63 characters of [A-Za-z0-9-_.] "
+            "starting and ending alphanumeric (or empty)"
+        )
+    return None
+
+
+def with_extra_labels(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """``base`` plus user labels (e.g. ``release: <name>`` a Prometheus selects objects by).
+
+    The platform's own ``app.kubernetes.io/*`` labels stay ours: an extra label may add to them,
+    never replace one, since selectors and dashboards rely on them.
+    """
+    for key, value in extra.items():
+        problem = label_problem(key, value)
+        if problem:
+            raise ValueError(problem)
+        if (key in base and base[key] != value) or key.startswith("app.kubernetes.io/"):
+            raise ValueError(f"label {key!r} is set by the platform and cannot be overridden")
+    return {**base, **extra}
 
 
 @dataclass(frozen=True, kw_only=True)

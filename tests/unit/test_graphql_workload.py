@@ -86,7 +86,7 @@ def pod_spec(w: gw.GraphqlWorkloadInput) -> dict[str, Any]:
 def test_core_objects_pass_the_kubernetes_schema(make: Any) -> None:
     w = make()
     route_net = gw.NetworkInput(
-        gateway_namespace="gateway",
+        gateway=GatewayParent(name="gw", namespace="gateway"),
         server_port=w.postgraphile.port,
         pgbouncer_selector=pods.selector_labels("pgbouncer", "pgbouncer"),
         pgbouncer_port=5432,
@@ -256,7 +256,7 @@ def test_config_map_holds_the_rc_file_and_the_pinned_package_files() -> None:
 # -- network policy ----------------------------------------------------------------------------
 def network(**overrides: Any) -> gw.NetworkInput:
     values: dict[str, Any] = {
-        "gateway_namespace": "gateway",
+        "gateway": GatewayParent(name="gw", namespace="gateway"),
         "server_port": 5000,
         "pgbouncer_selector": pods.selector_labels("pgbouncer", "pgbouncer"),
         "pgbouncer_port": 5432,
