@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any, Final
 
+from components.render.postgres_cluster import POSTGRES_IMAGE
+
 ENVIRONMENTS: Final = ("staging", "prod")
 
 _RESOURCES_SMALL: Final = {
@@ -35,7 +37,9 @@ _COMMON: Final[dict[str, Any]] = {
         "runbookBaseUrl": "https://github.com/pgplatform/pgplatform/blob/main/docs/runbooks",
         "prometheusNamespace": "monitoring",
     },
+    "postgres": {"image": POSTGRES_IMAGE},
     "backup": {
+        "method": "plugin",
         "retention": "30d",
         "schedule": "0 0 2 * * *",
         "restoreCheckSchedule": "0 4 1 * *",

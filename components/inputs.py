@@ -23,7 +23,7 @@ from components.render.graphql_workload import NetworkInput, RouteInput
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
 from components.render.postgraphile import PostgraphileInput
-from components.render.postgres_cluster import ClusterInput, ObjectStoreInput
+from components.render.postgres_cluster import ClusterInput, ObjectStoreInput, object_store_name
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
 from components.settings import StackSettings, duration_ms
@@ -74,6 +74,7 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
         admin_user=pg.admin_user,
         admin_secret=admin_secret,
         resources=pg.resources.model_dump(),
+        image=pg.image,
         backup=backup_store(s),
     )
 
@@ -88,6 +89,8 @@ def backup_store(s: StackSettings) -> ObjectStoreInput | None:
         credentials_secret=b.credentials_secret or "",
         retention=b.retention,
         endpoint_url=b.endpoint_url,
+        method=b.method,
+        name=object_store_name(CLUSTER_NAME),
     )
 
 
@@ -326,6 +329,7 @@ def restore_check_input(s: StackSettings) -> RestoreCheckInput | None:
         schemas=(*exposed_schemas(s), PLATFORM_SCHEMA, AUDIT_SCHEMA),
         schedule=s.backup.restore_check_schedule,
         destination_path=store.destination_path,
+        object_store=store.name if store.method == "plugin" else None,
     )
 
 

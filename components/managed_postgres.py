@@ -14,8 +14,10 @@ from components.render.metrics_catalog import cnpg_custom_queries_yaml
 from components.render.postgres_cluster import (
     CNPG_API_VERSION,
     CUSTOM_QUERIES_KEY,
+    OBJECT_STORE_API_VERSION,
     ClusterInput,
     cluster_spec,
+    object_store_spec,
 )
 from components.settings import VaultSettings
 from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
@@ -143,6 +145,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 body={"data": {CUSTOM_QUERIES_KEY: cnpg_custom_queries_yaml()}},
                 opts=child,
             )
+            store = self._object_store(name, args, cluster_args, meta_labels)
             KubeObject(
                 f"{name}-cluster",
                 api_version=CNPG_API_VERSION,
@@ -161,7 +164,13 @@ class ManagedPostgres(pulumi.ComponentResource):
                 },
                 opts=pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=[admin_secrets, queries, *([bootstrap] if bootstrap else [])],
+                    # The WAL archiver's ObjectStore exists before the first segment is archived.
+                    depends_on=[
+                        admin_secrets,
+                        queries,
+                        *([bootstrap] if bootstrap else []),
+                        *([store] if store else []),
+                    ],
                 ),
             )
             # CloudNativePG's Services: <cluster>-rw (primary) and <cluster>-ro (replicas only).
@@ -185,6 +194,22 @@ class ManagedPostgres(pulumi.ComponentResource):
                 "ca_secret_name": self.ca_secret_name,
                 "cluster_name": self.cluster_name,
             }
+        )
+
+    def _object_store(
+        self, name: str, args: ManagedPostgresArgs, cluster: ClusterInput, labels: dict[str, str]
+    ) -> KubeObject | None:
+        """The Barman Cloud plugin's ``ObjectStore`` the Cluster archives to (method plugin)."""
+        if cluster.backup is None or cluster.backup.method != "plugin":
+            return None
+        return KubeObject(
+            f"{name}-backup-store",
+            api_version=OBJECT_STORE_API_VERSION,
+            kind="ObjectStore",
+            # Fixed name: the Cluster's plugin parameters and every recovery refer to it.
+            metadata=meta(args.namespace, labels, name=cluster.backup.name),
+            body={"spec": object_store_spec(cluster.backup)},
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
     def _bootstrap_sql(

@@ -430,7 +430,7 @@ def observability_report(s: StackSettings) -> list[str]:
         lines.append("Backups: off")
     else:
         lines.append(
-            f"Backups: WAL + base backups to {store.destination_path} (retention "
+            f"Backups ({store.method}): WAL + base backups to {store.destination_path} (retention "
             f"{store.retention}), nightly '{s.backup.schedule}', restore check "
             f"'{s.backup.restore_check_schedule}'"
         )

@@ -1,8 +1,8 @@
 """PostgresBackups: the nightly base backup and the monthly restore verification.
 
-The Cluster itself archives WAL and knows its object store (``postgres_cluster.cluster_spec``);
-this component adds what runs on a schedule against it. See ``render.restore_check`` for why
-the verification Job's rights are what they are.
+The Cluster itself archives WAL through its object store (``ManagedPostgres`` owns the Cluster
+and the plugin's ``ObjectStore``); this component adds what runs on a schedule against it. See
+``render.restore_check`` for why the verification Job's rights are what they are.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ class PostgresBackupsArgs:
             raise ValueError("cluster.backup: the Cluster must have an object store configured")
         if self.cluster.backup.destination_path != self.check.destination_path:
             raise ValueError("check.destination_path: must be the Cluster's object store")
+        store = self.cluster.backup
+        if self.check.object_store != (store.name if store.method == "plugin" else None):
+            raise ValueError("check.object_store: must be the Cluster's ObjectStore (plugin only)")
         if self.cluster.database != self.check.database:
             raise ValueError("check.database: must be the Cluster's application database")
         render.check_cnpg_schedule("backup_schedule", self.backup_schedule)
@@ -69,7 +72,9 @@ class PostgresBackups(pulumi.ComponentResource):
             metadata=meta(ns, labels),
             body={
                 "spec": render.scheduled_backup_spec(
-                    cluster=check.source_cluster, schedule=args.backup_schedule
+                    cluster=check.source_cluster,
+                    schedule=args.backup_schedule,
+                    method=args.cluster.backup.method if args.cluster.backup else "plugin",
                 )
             },
             opts=child,

@@ -105,6 +105,16 @@ def _quantity(value: str) -> str:
     return value
 
 
+def _pinned_image(value: str) -> str:
+    name = value.rsplit("/", 1)[-1]
+    if " " in value or ":" not in name or value.endswith(":latest"):
+        raise ValueError(
+            f"{value!r} is not a pinned image: name a version tag, e.g. "
+            "'ghcr.io/cloudnative-pg/postgresql:15.18-standard-bookworm'"
+        )
+    return value
+
+
 def _ipv4_cidr(value: str) -> str:
     import ipaddress
 
@@ -147,6 +157,7 @@ Origin = Annotated[str, AfterValidator(_origin)]
 Duration = Annotated[str, AfterValidator(_duration)]
 Quantity = Annotated[str, AfterValidator(_quantity)]
 GoDuration = Annotated[str, AfterValidator(_go_duration)]
+PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
 
 
 def duration_ms(value: str) -> int:
@@ -289,6 +300,7 @@ class BackupSettings(_Model):
     """CloudNativePG backups (object store + WAL archive) and the monthly restore check."""
 
     enabled: bool
+    method: Literal["plugin", "barmanObjectStore"]
     destination_path: str | None = Field(default=None, pattern=r"^(s3|gs|https)://")
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
     credentials_secret: str | None = None
@@ -361,6 +373,7 @@ class PostgresSettings(_Model):
     admin_user: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
     sslmode: Literal["disable", "require", "verify-ca", "verify-full"]
     resources: ResourceSettings
+    image: PinnedImage
     host: str | None = None
     ro_host: str | None = None
     ca_secret: str | None = None
@@ -615,6 +628,14 @@ def _feature_checks(s: StackSettings) -> list[ConfigProblem]:
         problems.append(
             _problem("backup.enabled", "prod keeps backups with WAL archiving: set it to true")
         )
+    if s.backup.enabled and s.postgres.mode == "cnpg":
+        from components.render.postgres_cluster import backup_method_problem
+
+        problem = backup_method_problem(s.backup.method, s.postgres.image)
+        if problem:
+            problems.append(
+                _problem("backup.method", f"{problem} (postgres.image)", s.backup.method)
+            )
     if s.backup.enabled and s.postgres.mode == "external":
         problems.append(
             _problem(

@@ -33,6 +33,7 @@ _VALIDATOR_LABELS = {
     "_quantity": "quantity",
     "_labels": "map of label",
     "_origin": "origin",
+    "_pinned_image": "pinned image",
 }
 
 

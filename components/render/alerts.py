@@ -328,8 +328,10 @@ def _backup_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
     cron = sel.restore_cronjob
     kube = sel.kube
     jobs = f'{kube}, job_name=~"{cron}-[0-9]+"'
-    # In-core Barman reports cnpg_collector_*, the Barman Cloud plugin its own metric; the other
-    # one stays 0 or absent. The source label keeps both series apart so max() sees each.
+    # The Barman Cloud plugin (backup.method plugin) reports barman_cloud_cloudnative_pg_io_*,
+    # in-core Barman cnpg_collector_*; the other one stays 0 or absent. max() over both: after a
+    # migration to the plugin the last in-core backup counts until the plugin's first one. The
+    # source label keeps both series apart so max() sees each.
     latest_backup = (
         "max by (namespace) ("
         f'label_replace(cnpg_collector_last_available_backup_timestamp{{{pg}}}, "backup_source", '

@@ -47,10 +47,10 @@ SOURCES: Final[tuple[MetricSource, ...]] = (
     ),
     MetricSource(
         name="plugin-barman-cloud",
-        version="0",
+        version="0.14.0",
         image=None,
-        url="https://github.com/cloudnative-pg/plugin-barman-cloud/blob/main/web/docs/observability.md",
-        list_file="plugin-barman-cloud-0.txt",
+        url="https://github.com/cloudnative-pg/plugin-barman-cloud/blob/v0.14.0/internal/cnpgi/instance/metrics.go",
+        list_file="plugin-barman-cloud-0.14.0.txt",
     ),
     MetricSource(
         name="pgbouncer_exporter",

@@ -4,12 +4,15 @@ PostgreSQL 15 like the integration tests run. The superuser stays disabled; the 
 role owns the application database and holds CREATEROLE (not SUPERUSER, not BYPASSRLS), which is
 exactly what the roles, schemas and grants of the access plan need.
 
-Backups use CloudNativePG's in-core Barman Cloud support (``spec.backup.barmanObjectStore``):
-continuous WAL archiving plus base backups to an object store, which together give
-point-in-time recovery. In 1.30 it is deprecated in favour of the Barman Cloud plugin (removal
-announced for 1.31), but the plugin's ``ObjectStore`` CRD is not among the schemas this project
-validates against, so the in-core form is the one we can prove; docs/backups.md describes the
-migration. Backups written either way are the same Barman layout and restore with both.
+Backups go through the Barman Cloud plugin (CNPG-I): an ``ObjectStore`` (``barmancloud.cnpg.io``)
+holds the bucket, credentials, compression and retention, and the Cluster names it in
+``spec.plugins`` as its WAL archiver. Continuous WAL archiving plus base backups give
+point-in-time recovery. The plugin runs Barman Cloud in its own sidecar, so it works with the
+``standard`` image flavour, which ships without Barman Cloud. The in-core
+``spec.backup.barmanObjectStore`` (deprecated since CloudNativePG 1.26, removal announced for
+1.31) remains as method ``barmanObjectStore`` for clusters that still migrate, and only with
+the ``system`` flavour, the one image that carries Barman Cloud. Both write the same Barman
+layout, so backups taken either way restore with the plugin.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ from typing import Any, Final
 # PostgreSQL 15.18 is the minor release the integration tests run against (Debian 12).
 POSTGRES_IMAGE: Final = "ghcr.io/cloudnative-pg/postgresql:15.18-standard-bookworm"
 CNPG_API_VERSION: Final = "postgresql.cnpg.io/v1"
+OBJECT_STORE_API_VERSION: Final = "barmancloud.cnpg.io/v1"
+BARMAN_CLOUD_PLUGIN: Final = "barman-cloud.cloudnative-pg.io"
+"""Name the Barman Cloud plugin registers with the operator (``spec.plugins[].name``)."""
+BACKUP_METHODS: Final = ("plugin", "barmanObjectStore")
+"""``plugin``: the Barman Cloud plugin; ``barmanObjectStore``: the deprecated in-core form."""
+IMAGE_FLAVOURS: Final = ("minimal", "standard", "system")
+"""CloudNativePG operand image flavours (tag ``<pg>-<flavour>-<os>``); only ``system`` ships
+Barman Cloud, which the in-core method runs inside the PostgreSQL container."""
 CUSTOM_QUERIES_KEY: Final = "queries.yaml"
 """Key of the extra monitoring queries in the ConfigMap ``customQueriesConfigMap`` names."""
 RECOVERY_SOURCE: Final = "origin"
@@ -35,6 +46,39 @@ AZURE_CONNECTION_STRING: Final = "AZURE_CONNECTION_STRING"
 _DESTINATION = re.compile(r"^(s3|gs|https)://[^/\s]+(/[^\s]*)?$")
 _RETENTION = re.compile(r"^[1-9][0-9]*[dwm]$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_FLAVOUR = re.compile(r"-(" + "|".join(IMAGE_FLAVOURS) + r")(-|$)")
+
+
+def image_flavour(image: str) -> str | None:
+    """The flavour in a CloudNativePG operand image tag; None for an image that names none."""
+    tag = image.rsplit("/", 1)[-1].partition("@")[0].partition(":")[2]
+    match = _FLAVOUR.search(tag)
+    return match.group(1) if match else None
+
+
+def backup_method_problem(method: str, image: str) -> str | None:
+    """Why ``method`` cannot back up a cluster running ``image``; None when they fit.
+
+    The plugin brings Barman Cloud in its own sidecar and fits every flavour. The in-core method
+    runs Barman Cloud inside the PostgreSQL container, which only the ``system`` flavour has: with
+    ``minimal`` or ``standard`` every WAL archive and base backup fails. An image whose tag names
+    no flavour (a custom build) is the operator's to vouch for.
+    """
+    if method not in BACKUP_METHODS:
+        return f"unknown backup method {method!r}; allowed: {list(BACKUP_METHODS)}"
+    flavour = image_flavour(image)
+    if method == "barmanObjectStore" and flavour in ("minimal", "standard"):
+        return (
+            f"'barmanObjectStore' runs Barman Cloud inside the PostgreSQL image, and the "
+            f"{flavour!r} flavour of {image!r} has none: use 'plugin' (the Barman Cloud plugin), "
+            "or a '*-system-*' image while migrating"
+        )
+    return None
+
+
+def object_store_name(cluster: str) -> str:
+    """The ``ObjectStore`` of ``cluster`` (a fixed name: the Cluster and restores refer to it)."""
+    return f"{cluster}-backup-store"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +89,16 @@ class ObjectStoreInput:
     credentials_secret: str
     retention: str
     endpoint_url: str | None = None
+    method: str = "plugin"
+    """One of ``BACKUP_METHODS``."""
+    name: str = "backup-store"
+    """``metadata.name`` of the plugin's ``ObjectStore`` (``object_store_name``)."""
 
     def __post_init__(self) -> None:
+        if self.method not in BACKUP_METHODS:
+            raise ValueError(f"method: one of {list(BACKUP_METHODS)}, got {self.method!r}")
+        if not _K8S_NAME.match(self.name) or len(self.name) > 253:
+            raise ValueError(f"name: not an object name, got {self.name!r}")
         if not _DESTINATION.match(self.destination_path):
             raise ValueError(
                 f"destination_path: must be s3://, gs:// or https:// (Azure), "
@@ -92,10 +144,13 @@ def _credentials(store: ObjectStoreInput) -> dict[str, Any]:
 def barman_object_store(
     store: ObjectStoreInput, *, server_name: str | None = None
 ) -> dict[str, Any]:
-    """``barmanObjectStore`` for archiving (no ``server_name``) or for restoring a cluster's data.
+    """Barman Cloud's configuration: the plugin's ``ObjectStore.spec.configuration``, or the
+    in-core ``barmanObjectStore`` for archiving (no ``server_name``) or restoring a cluster.
 
-    gzip for WAL and base backups: supported by every barman-cloud release the operand images
-    ship, and WAL compresses well. Parallel WAL upload keeps archiving ahead of bursts of writes.
+    gzip for WAL and base backups: supported by every barman-cloud release, and WAL compresses
+    well. Parallel WAL upload keeps archiving ahead of bursts of writes. The plugin takes the
+    server name from the Cluster's plugin parameters instead (its ``ObjectStore`` must leave
+    ``serverName`` empty).
     """
     out: dict[str, Any] = {"destinationPath": store.destination_path}
     if store.endpoint_url:
@@ -106,6 +161,36 @@ def barman_object_store(
     if server_name is not None:
         out["serverName"] = server_name
     return out
+
+
+SIDECAR_RESOURCES: Final = {
+    "requests": {"cpu": "50m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "512Mi"},
+}
+"""The plugin's Barman Cloud sidecar in every instance pod: idle between WAL segments, busy
+(compression, upload) during a base backup; Python barman-cloud stays well under 512Mi."""
+
+
+def object_store_spec(store: ObjectStoreInput) -> dict[str, Any]:
+    """``ObjectStore.spec``: where and how the plugin archives, and how long it keeps backups.
+
+    The retention policy lives here with the plugin (the in-core form kept it on the Cluster):
+    the plugin prunes base backups older than it and the WAL only they needed.
+    """
+    return {
+        "configuration": barman_object_store(store),
+        "retentionPolicy": store.retention,
+        "instanceSidecarConfiguration": {"resources": SIDECAR_RESOURCES},
+    }
+
+
+def plugin_entry(store: ObjectStoreInput, *, archiver: bool) -> dict[str, Any]:
+    """``spec.plugins[]`` of a Cluster archiving its WAL through ``store``."""
+    return {
+        "name": BARMAN_CLOUD_PLUGIN,
+        "isWALArchiver": archiver,
+        "parameters": {"barmanObjectName": store.name},
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +216,12 @@ class ClusterInput:
             raise ValueError(f"instances: must be >= 1, got {self.instances}")
         if self.max_connections < 20:
             raise ValueError(f"max_connections: must be >= 20, got {self.max_connections}")
+        if ":" not in self.image.rsplit("/", 1)[-1] or self.image.endswith(":latest"):
+            raise ValueError(f"image: pin a version, got {self.image!r}")
+        if self.backup is not None:
+            problem = backup_method_problem(self.backup.method, self.image)
+            if problem:
+                raise ValueError(f"backup.method: {problem}")
 
 
 def _storage(inp: ClusterInput) -> dict[str, Any]:
@@ -176,8 +267,9 @@ def _post_init_refs(inp: ClusterInput) -> dict[str, Any]:
 def cluster_spec(inp: ClusterInput) -> dict[str, Any]:
     """The ``spec`` of the Cluster: 1 primary + (instances - 1) streaming read replicas.
 
-    With ``backup`` set: WAL archiving and base backups to the object store, pruned by the
-    retention policy (base backups and the WAL needed by the oldest kept one).
+    With ``backup`` set: WAL archiving to the object store through the Barman Cloud plugin
+    (method ``plugin``: the ``ObjectStore`` named ``backup.name`` holds the rest), or in-core
+    (method ``barmanObjectStore``: store and retention inline).
     """
     spec: dict[str, Any] = {
         "instances": inp.instances,
@@ -217,7 +309,9 @@ def cluster_spec(inp: ClusterInput) -> dict[str, Any]:
         "monitoring": _monitoring(inp),
         "affinity": {"enablePodAntiAffinity": True, "podAntiAffinityType": "required"},
     }
-    if inp.backup is not None:
+    if inp.backup is not None and inp.backup.method == "plugin":
+        spec["plugins"] = [plugin_entry(inp.backup, archiver=True)]
+    elif inp.backup is not None:
         spec["backup"] = {
             "barmanObjectStore": barman_object_store(inp.backup),
             "retentionPolicy": inp.backup.retention,
@@ -250,11 +344,26 @@ def recovery_cluster_spec(inp: ClusterInput, *, source_cluster: str) -> dict[str
                 "owner": inp.admin_user,
             }
         },
-        "externalClusters": [
-            {
-                "name": RECOVERY_SOURCE,
-                "barmanObjectStore": barman_object_store(inp.backup, server_name=source_cluster),
-            }
-        ],
+        "externalClusters": [recovery_source(inp.backup, source_cluster=source_cluster)],
         "monitoring": {"enablePodMonitor": False},
+    }
+
+
+def recovery_source(store: ObjectStoreInput, *, source_cluster: str) -> dict[str, Any]:
+    """The ``externalClusters`` entry that reads ``source_cluster``'s backups and WAL.
+
+    Through the plugin: the same ``ObjectStore`` with the source's server name (the recovering
+    Cluster lists no ``spec.plugins``, so it reads but never archives). In-core: the store inline.
+    """
+    if store.method == "plugin":
+        return {
+            "name": RECOVERY_SOURCE,
+            "plugin": {
+                "name": BARMAN_CLOUD_PLUGIN,
+                "parameters": {"barmanObjectName": store.name, "serverName": source_cluster},
+            },
+        }
+    return {
+        "name": RECOVERY_SOURCE,
+        "barmanObjectStore": barman_object_store(store, server_name=source_cluster),
     }

@@ -28,7 +28,11 @@ from typing import Any, Final
 
 from components.render import pods
 from components.render.metrics_catalog import TargetNaming
-from components.render.postgres_cluster import CNPG_API_VERSION
+from components.render.postgres_cluster import (
+    BACKUP_METHODS,
+    BARMAN_CLOUD_PLUGIN,
+    CNPG_API_VERSION,
+)
 
 KUBECTL_IMAGE: Final = "registry.k8s.io/kubectl:v1.33.4"
 """Kubernetes' own kubectl image (debian-base with bash, coreutils and jq since v1.28)."""
@@ -51,6 +55,7 @@ API_PORTS: Final = (443, 6443)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _MACRO = re.compile(r"^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$")
 
 
@@ -77,20 +82,28 @@ def check_cnpg_schedule(key: str, schedule: str) -> str:
     return schedule
 
 
-def scheduled_backup_spec(*, cluster: str, schedule: str) -> dict[str, Any]:
+def scheduled_backup_spec(*, cluster: str, schedule: str, method: str = "plugin") -> dict[str, Any]:
     """The ``spec`` of the nightly ScheduledBackup of ``cluster`` to its object store.
 
     ``immediate`` takes the first base backup right away, so point-in-time recovery works from
-    the first deploy on instead of from the first night.
+    the first deploy on instead of from the first night. Through the plugin the backup runs on
+    a standby when one is healthy (the in-core form sets that on the Cluster), keeping the
+    primary's I/O for the API.
     """
     check_cnpg_schedule("schedule", schedule)
-    return {
+    if method not in BACKUP_METHODS:
+        raise ValueError(f"method: one of {list(BACKUP_METHODS)}, got {method!r}")
+    spec: dict[str, Any] = {
         "schedule": schedule,
         "cluster": {"name": cluster},
-        "method": "barmanObjectStore",
+        "method": method,
         "immediate": True,
         "backupOwnerReference": "self",
     }
+    if method == "plugin":
+        spec["pluginConfiguration"] = {"name": BARMAN_CLOUD_PLUGIN}
+        spec["target"] = "prefer-standby"
+    return spec
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +118,8 @@ class RestoreCheckInput:
     schedule: str
     destination_path: str
     """Object store the recovery may read from (pinned by the admission policy)."""
+    object_store: str | None = None
+    """The plugin's ``ObjectStore`` the recovery reads through; None: the in-core method."""
     timeout_seconds: int = 4 * 3600
     """How long the recovery may take before the check counts as failed."""
     image: str = KUBECTL_IMAGE
@@ -131,6 +146,8 @@ class RestoreCheckInput:
             if not _IDENT.match(schema):
                 raise ValueError(f"schemas: {schema!r} is not a plain identifier")
         check_kubernetes_schedule("schedule", self.schedule)
+        if self.object_store is not None and not _DNS_NAME.match(self.object_store):
+            raise ValueError(f"object_store: not an object name, got {self.object_store!r}")
         if not 600 <= self.timeout_seconds <= 24 * 3600:
             raise ValueError(f"timeout_seconds: 600..86400, got {self.timeout_seconds}")
         if ":" not in self.image.rsplit("/", 1)[-1] or self.image.endswith(":latest"):
@@ -340,6 +357,30 @@ def _empty(parent: str, field: str) -> str:
     return f"(!has({parent}.{field}) || size({parent}.{field}) == 0)"
 
 
+def _reads_only_our_store(inp: RestoreCheckInput) -> str:
+    """CEL over one ``externalClusters`` entry ``c``: it reads this stack's backups, nothing else.
+
+    Through the plugin: exactly our ``ObjectStore`` and the source's server name (the plugin
+    reads the bucket and credentials from that object, so nothing else needs pinning). In-core:
+    the inline store with our destination path.
+    """
+    if inp.object_store is not None:
+        plugin = "c.plugin"
+        params = f"{plugin}.parameters"
+        return (
+            f"has({plugin}) && {plugin}.name == '{BARMAN_CLOUD_PLUGIN}'"
+            f" && has({params}) && size({params}) == 2"
+            f" && {params}.barmanObjectName == '{inp.object_store}'"
+            f" && {params}.serverName == '{inp.source_cluster}'"
+            " && !has(c.barmanObjectStore) && !has(c.connectionParameters)"
+        )
+    path = inp.destination_path.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        f"has(c.barmanObjectStore) && c.barmanObjectStore.destinationPath == '{path}'"
+        " && !has(c.connectionParameters) && !has(c.plugin)"
+    )
+
+
 def service_account_subject(inp: RestoreCheckInput, service_account: str) -> str:
     return f"system:serviceaccount:{inp.namespace}:{service_account}"
 
@@ -351,7 +392,6 @@ def admission_policy_spec(inp: RestoreCheckInput, service_account: str) -> dict[
     Clusters are untouched. Each rule names what it prevents.
     """
     user = service_account_subject(inp, service_account)
-    path = inp.destination_path.replace("\\", "\\\\").replace("'", "\\'")
     recovery = "object.spec.bootstrap.recovery"
     stores = "object.spec.externalClusters"
     validations = [
@@ -371,9 +411,7 @@ def admission_policy_spec(inp: RestoreCheckInput, service_account: str) -> dict[
             "the Cluster must bootstrap by recovery from the object store",
         ),
         (
-            f"has({stores}) && {stores}.all(c, has(c.barmanObjectStore)"
-            f" && c.barmanObjectStore.destinationPath == '{path}'"
-            " && !has(c.connectionParameters) && !has(c.plugin))",
+            f"has({stores}) && {stores}.all(c, {_reads_only_our_store(inp)})",
             "the recovery may only read this stack's object store, never connect to a server",
         ),
         (

@@ -14,7 +14,12 @@ from components.render import postgres_cluster as cluster_render
 from components.render import restore_check as render
 from components.render.alerts import default_thresholds, render_prometheus_rules
 from components.render.metrics_catalog import TargetNaming
-from components.settings import StackSettings, decode_config_value, parse_settings
+from components.settings import (
+    SettingsError,
+    StackSettings,
+    decode_config_value,
+    parse_settings,
+)
 from tests.conftest import run_program, stack_config
 from tests.crd_schema import load_crd_validator
 from tools.mocks import RecordingMocks, redact
@@ -56,23 +61,49 @@ def check_input(**overrides: Any) -> render.RestoreCheckInput:
     return render.RestoreCheckInput(**fields)
 
 
-def test_prod_archives_wal_and_backs_up_nightly(prod: RecordingMocks) -> None:
+def prod_with(pulumi_mocks: Callable[..., RecordingMocks], **keys: str) -> RecordingMocks:
+    """The prod stack with ``pgplatform:<key>`` values (JSON for objects) set on top."""
+    config, secrets = stack_config("prod")
+    config = {**config, **{f"pgplatform:{k}": v for k, v in keys.items()}}
+    return run_program(pulumi_mocks, "prod", config, secrets)
+
+
+def test_prod_archives_through_the_barman_cloud_plugin(prod: RecordingMocks) -> None:
     s = settings_of("prod")
     (cluster,) = of_kind(prod, "Cluster")
-    backup = cluster["spec"]["backup"]
-    store = backup["barmanObjectStore"]
-    assert store["destinationPath"] == s.backup.destination_path
-    assert store["endpointURL"] == s.backup.endpoint_url
-    assert store["s3Credentials"] == {
+    (store,) = of_kind(prod, "ObjectStore")
+    assert "-standard-" in cluster["spec"]["imageName"]
+    assert "backup" not in cluster["spec"], "the in-core form needs the system image"
+    assert cluster["spec"]["plugins"] == [
+        {
+            "name": "barman-cloud.cloudnative-pg.io",
+            "isWALArchiver": True,
+            "parameters": {"barmanObjectName": store["metadata"]["name"]},
+        }
+    ]
+    assert store["apiVersion"] == "barmancloud.cnpg.io/v1"
+    assert store["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+    configuration = store["spec"]["configuration"]
+    assert configuration["destinationPath"] == s.backup.destination_path
+    assert configuration["endpointURL"] == s.backup.endpoint_url
+    assert configuration["s3Credentials"] == {
         "accessKeyId": {"name": s.backup.credentials_secret, "key": "ACCESS_KEY_ID"},
         "secretAccessKey": {"name": s.backup.credentials_secret, "key": "ACCESS_SECRET_KEY"},
     }
-    assert backup["retentionPolicy"] == s.backup.retention
+    # The plugin takes the server name from the Cluster; the ObjectStore must leave it empty.
+    assert "serverName" not in configuration
+    assert store["spec"]["retentionPolicy"] == s.backup.retention
+    assert redact(store["spec"]["instanceSidecarConfiguration"]["resources"]) == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
     (scheduled,) = of_kind(prod, "ScheduledBackup")
     assert scheduled["spec"] == {
         "schedule": s.backup.schedule,
         "cluster": {"name": cluster["metadata"]["name"]},
-        "method": "barmanObjectStore",
+        "method": "plugin",
+        "pluginConfiguration": {"name": "barman-cloud.cloudnative-pg.io"},
+        "target": "prefer-standby",
         "immediate": True,
         "backupOwnerReference": "self",
     }
@@ -80,6 +111,104 @@ def test_prod_archives_wal_and_backs_up_nightly(prod: RecordingMocks) -> None:
     names = {m["metadata"]["name"] for m in of_kind(prod, "ConfigMap")}
     assert [q["key"] for q in queries] == ["queries.yaml"]
     assert queries[0]["name"] in names
+
+
+def test_the_object_store_exists_before_the_cluster_archives(prod: RecordingMocks) -> None:
+    """Registration order follows the dependency: the ObjectStore before the Cluster."""
+    order = [r.type.rsplit(":", 1)[-1] for r in prod.kubernetes()]
+    assert order.index("ObjectStore") < order.index("Cluster")
+
+
+def test_in_core_method_with_the_system_image(
+    pulumi_mocks: Callable[..., RecordingMocks],
+) -> None:
+    """Kept for clusters mid-migration: the deprecated in-core form, only where it can run."""
+    system = "ghcr.io/cloudnative-pg/postgresql:15.18-system-bookworm"
+    mocks = prod_with(
+        pulumi_mocks,
+        backup=json.dumps(
+            {
+                "enabled": True,
+                "method": "barmanObjectStore",
+                "destinationPath": "s3://pgplatform-prod-backups/cnpg",
+                "credentialsSecret": "pgplatform-backup-s3",
+            }
+        ),
+        postgres=json.dumps({"image": system}),
+    )
+    (cluster,) = of_kind(mocks, "Cluster")
+    assert of_kind(mocks, "ObjectStore") == []
+    assert "plugins" not in cluster["spec"]
+    backup = cluster["spec"]["backup"]
+    assert backup["barmanObjectStore"]["destinationPath"] == "s3://pgplatform-prod-backups/cnpg"
+    assert backup["retentionPolicy"] == "30d"
+    (scheduled,) = of_kind(mocks, "ScheduledBackup")
+    assert scheduled["spec"]["method"] == "barmanObjectStore"
+    assert "pluginConfiguration" not in scheduled["spec"]
+    (files,) = [c for c in of_kind(mocks, "ConfigMap") if render.CLUSTER_KEY in c.get("data", {})]
+    (origin,) = json.loads(files["data"][render.CLUSTER_KEY])["spec"]["externalClusters"]
+    assert origin["barmanObjectStore"]["serverName"] == inputs.CLUSTER_NAME
+    (policy,) = of_kind(mocks, "ValidatingAdmissionPolicy")
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert (
+        "c.barmanObjectStore.destinationPath == 's3://pgplatform-prod-backups/cnpg'" in expressions
+    )
+    for obj in (cluster, scheduled):
+        load_crd_validator("postgresql.cnpg.io", obj["kind"], "v1")(redact(obj))
+
+
+@pytest.mark.parametrize(
+    ("image", "method", "fits"),
+    [
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-standard-bookworm", "barmanObjectStore", False),
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-minimal-bookworm", "barmanObjectStore", False),
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-system-bookworm", "barmanObjectStore", True),
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-standard-bookworm", "plugin", True),
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-minimal-bookworm", "plugin", True),
+        ("ghcr.io/cloudnative-pg/postgresql:15.18-system-bookworm", "plugin", True),
+    ],
+)
+def test_backup_method_must_fit_the_image_flavour(image: str, method: str, fits: bool) -> None:
+    config, secrets = stack_config("prod")
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    raw["postgres"] = {**raw.get("postgres", {}), "image": image}
+    raw["backup"] = {**raw["backup"], "method": method}
+    secret_keys = [k.split(":", 1)[1] for k in secrets]
+    if fits:
+        assert parse_settings("prod", raw, secret_keys).backup.method == method
+        return
+    with pytest.raises(SettingsError) as error:
+        parse_settings("prod", raw, secret_keys)
+    (problem,) = error.value.problems
+    assert problem.path == "pgplatform:backup.method"
+    assert "'plugin'" in problem.message
+    assert "system" in problem.message
+    assert "postgres.image" in problem.message
+
+
+def test_staging_without_backups_may_run_any_flavour() -> None:
+    config, secrets = stack_config("staging")
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    raw["postgres"] = {
+        **raw.get("postgres", {}),
+        "image": "ghcr.io/cloudnative-pg/postgresql:15.18-minimal-bookworm",
+    }
+    raw["backup"] = {**raw.get("backup", {}), "method": "barmanObjectStore"}
+    s = parse_settings("staging", raw, [k.split(":", 1)[1] for k in secrets])
+    assert not s.backup.enabled
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["ghcr.io/cloudnative-pg/postgresql", "ghcr.io/cloudnative-pg/postgresql:latest", ""],
+)
+def test_postgres_image_must_be_pinned(image: str) -> None:
+    config, secrets = stack_config("prod")
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    raw["postgres"] = {**raw.get("postgres", {}), "image": image or " "}
+    with pytest.raises(SettingsError) as error:
+        parse_settings("prod", raw, [k.split(":", 1)[1] for k in secrets])
+    assert [p.path for p in error.value.problems] == ["pgplatform:postgres.image"]
 
 
 def test_staging_keeps_no_backups(pulumi_mocks: Callable[..., RecordingMocks]) -> None:
@@ -142,8 +271,9 @@ def test_admission_policy_pins_what_the_job_may_create(prod: RecordingMocks) -> 
     assert condition["expression"] == f"request.userInfo.username == '{user}'"
     expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
     assert f"object.metadata.name == '{inputs.CLUSTER_NAME}-restored'" in expressions
-    assert "'s3://pgplatform-prod-backups/cnpg'" in expressions
+    assert "c.plugin.name == 'barman-cloud.cloudnative-pg.io'" in expressions
     assert "!has(object.spec.backup)" in expressions
+    assert "size(object.spec.plugins) == 0" in expressions
     assert policy["spec"]["failurePolicy"] == "Fail"
     assert binding["spec"] == {
         "policyName": policy["metadata"]["name"],
@@ -170,10 +300,27 @@ def test_the_job_creates_exactly_the_cluster_the_policy_allows(prod: RecordingMo
         }
     }
     (origin,) = spec["externalClusters"]
-    assert origin["barmanObjectStore"]["serverName"] == inputs.CLUSTER_NAME
-    assert origin["barmanObjectStore"]["destinationPath"] == "s3://pgplatform-prod-backups/cnpg"
+    (store,) = of_kind(prod, "ObjectStore")
+    # Through the plugin, from the same ObjectStore with the source's server name.
+    assert origin == {
+        "name": cluster_render.RECOVERY_SOURCE,
+        "plugin": {
+            "name": "barman-cloud.cloudnative-pg.io",
+            "parameters": {
+                "barmanObjectName": store["metadata"]["name"],
+                "serverName": inputs.CLUSTER_NAME,
+            },
+        },
+    }
+    assert "plugins" not in spec, "the recovery Cluster must never archive"
     validate = load_crd_validator("postgresql.cnpg.io", "Cluster", "v1")
     validate(manifest)
+    (policy,) = of_kind(prod, "ValidatingAdmissionPolicy")
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    name = store["metadata"]["name"]
+    assert f"c.plugin.parameters.barmanObjectName == '{name}'" in expressions
+    assert f"c.plugin.parameters.serverName == '{inputs.CLUSTER_NAME}'" in expressions
+    assert "!has(c.barmanObjectStore)" in expressions
 
 
 def test_cronjob_is_what_the_alerts_watch(prod: RecordingMocks) -> None:
@@ -219,6 +366,7 @@ def test_my_objects_validate(prod: RecordingMocks) -> None:
         "PodMonitor": ("monitoring.coreos.com", "v1"),
         "ServiceMonitor": ("monitoring.coreos.com", "v1"),
         "PrometheusRule": ("monitoring.coreos.com", "v1"),
+        "ObjectStore": ("barmancloud.cnpg.io", "v1"),
     }
     for kind, (group, version) in crds.items():
         objects = of_kind(prod, kind)
@@ -299,6 +447,8 @@ def test_object_store_credentials_per_provider(path: str, credentials: str) -> N
         ({"credentials_secret": "Bad_Name"}, "credentials_secret"),
         ({"retention": "30 days"}, "retention"),
         ({"endpoint_url": "s3.example.com"}, "endpoint_url"),
+        ({"method": "volumeSnapshot"}, "method"),
+        ({"name": "Store"}, "name"),
     ],
 )
 def test_object_store_input_names_the_bad_field(overrides: dict[str, Any], field: str) -> None:
@@ -318,3 +468,24 @@ def test_recovery_needs_an_object_store() -> None:
         cluster_render.recovery_cluster_spec(
             inputs.cluster_input(s, admin_secret="x"), source_cluster="postgres-db"
         )
+
+
+def test_cluster_input_refuses_in_core_backups_on_an_image_without_barman() -> None:
+    """The builder's own guard, for callers that bypass the settings."""
+    s = settings_of("prod")
+    store = inputs.backup_store(s)
+    assert store is not None
+    with pytest.raises(ValueError, match=r"backup\.method: .*'standard' flavour"):
+        cluster_render.ClusterInput(
+            **{
+                **inputs.cluster_input(s, admin_secret="x").__dict__,
+                "backup": cluster_render.ObjectStoreInput(
+                    **{**store.__dict__, "method": "barmanObjectStore"}
+                ),
+            }
+        )
+
+
+def test_scheduled_backup_refuses_an_unknown_method() -> None:
+    with pytest.raises(ValueError, match="method"):
+        render.scheduled_backup_spec(cluster="c", schedule="@daily", method="volumeSnapshots")
