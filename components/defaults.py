@@ -111,6 +111,7 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         },
         "backup": {"enabled": False},
         "graphql": {"enabled": True, "graphiql": True, "replicas": {"min": 1, "max": 2}},
+        "protectData": False,
     },
     "prod": {
         "namespace": "pgplatform",
@@ -167,6 +168,8 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         },
         "backup": {"enabled": True},
         "graphql": {"enabled": False, "graphiql": False, "replicas": {"min": 2, "max": 4}},
+        # What holds data survives a destroy or a rename; lifting it is this explicit key.
+        "protectData": True,
     },
 }
 

@@ -25,6 +25,7 @@ from components.observability import (
 )
 from components.pgbouncer_pool import PgBouncerPool, PgBouncerPoolArgs
 from components.postgres_backups import PostgresBackups, postgres_backups_args
+from components.protection import protection_options, protection_report
 from components.render.access import AUTHENTICATOR, POOLER_LOOKUP
 from components.render.baseline import render_bootstrap_sql
 from components.render.budget import budget_table, compute_budget
@@ -55,8 +56,12 @@ class Platform:
 def build_platform(s: StackSettings) -> Platform:
     """Everything one stack deploys; settings are already validated."""
     pg = s.postgres
-    # Every component hands this provider list to its Kubernetes children (GitOps render mode).
-    k8s = pulumi.ResourceOptions(providers=kubernetes_providers(s))
+    # Every component hands this provider list to its Kubernetes children (GitOps render mode),
+    # and the protection of what holds data to every child (protection.py, ``protectData``).
+    k8s = pulumi.ResourceOptions.merge(
+        pulumi.ResourceOptions(providers=kubernetes_providers(s)),
+        protection_options(s.protect_data),
+    )
 
     def after(*deps: pulumi.Resource) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions.merge(k8s, pulumi.ResourceOptions(depends_on=list(deps)))
@@ -208,4 +213,5 @@ def report_lines(s: StackSettings) -> list[str]:
         *graphql_pilot_report(s),
         *budget_table(compute_budget(budget_input), budget_input),
         *observability_report(s),
+        protection_report(s.protect_data),
     ]

@@ -416,6 +416,8 @@ class StackSettings(_Model):
     backup: BackupSettings
     graphql: GraphqlSettings
     gitops: GitopsSettings
+    # Keep the Cluster, ObjectStore, Vault KV entries and schemas from deletion (protection.py).
+    protect_data: bool
     postgres_admin_password: SecretStr | None = None
     jwt_secret: SecretStr | None = None
 

@@ -4,7 +4,8 @@
 - a Kubernetes object without ``metadata.name`` gets an auto-name (logical name + stable
   suffix), which flows into the outputs other resources reference and into the manifest;
 - ``random`` passwords return a deterministic value marked secret;
-- custom resources keep their ``spec``.
+- custom resources keep their ``spec``;
+- the ``protect`` and ``retain_on_delete`` options each registration carries are kept.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Recorded:
     outputs: dict[str, Any] = field(default_factory=dict)
     provider: str = ""
     """Provider reference (``<urn>::<id>``) when one was set explicitly or inherited."""
+    protect: bool = False
+    """``protect``: the engine refuses to delete (or replace) it."""
+    retain_on_delete: bool = False
+    """``retain_on_delete``: a delete only removes it from the state."""
 
     @property
     def custom(self) -> bool:
@@ -63,17 +68,28 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
-        # Parent and provider of the registration being answered, set by RecordingMonitor. The
-        # SDK calls the monitor from a pool of threads, so this is per thread.
+        # What the plain mock arguments drop of the registration being answered (parent,
+        # provider, options), set by RecordingMonitor. The SDK calls the monitor from a pool of
+        # threads, so this is per thread.
         self._registering = threading.local()
 
-    def registering(self, parent: str | None, provider: str) -> None:
-        self._registering.value = (parent, provider)
+    def registering(
+        self, parent: str | None, provider: str, *, protect: bool, retain_on_delete: bool
+    ) -> None:
+        self._registering.value = (parent, provider, protect, retain_on_delete)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        parent, provider = getattr(self._registering, "value", (None, ""))
+        parent, provider, protect, retain = getattr(
+            self._registering, "value", (None, "", False, False)
+        )
         recorded = Recorded(
-            type=args.typ, name=args.name, parent=parent, inputs=args.inputs, provider=provider
+            type=args.typ,
+            name=args.name,
+            parent=parent,
+            inputs=args.inputs,
+            provider=provider,
+            protect=protect,
+            retain_on_delete=retain,
         )
         self.resources.append(recorded)
         outputs = dict(args.inputs)
@@ -109,7 +125,12 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         # The plain monitor answers synchronously through new_resource, which records it.
         parent = request.parent.split("::")[-1] if request.parent else None
-        self.recording.registering(parent, request.provider)
+        self.recording.registering(
+            parent,
+            request.provider,
+            protect=bool(request.protect),
+            retain_on_delete=bool(request.retainOnDelete),
+        )
         return super().RegisterResource(request)
 
 

@@ -105,14 +105,15 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
     for recorded in mocks.resources:
         counts[recorded.type] += 1
         inputs = redact(recorded.inputs)
-        rows.append(
-            {
-                "type": recorded.type,
-                "name": recorded.name,
-                "parent": recorded.parent,
-                "inputs": inputs,
-            }
-        )
+        row: dict[str, Any] = {"type": recorded.type, "name": recorded.name}
+        row["parent"] = recorded.parent
+        # Only where set, so that a reviewer sees exactly what a destroy would leave behind.
+        if recorded.protect:
+            row["protect"] = True
+        if recorded.retain_on_delete:
+            row["retainOnDelete"] = True
+        row["inputs"] = inputs
+        rows.append(row)
         if not recorded.type.startswith("kubernetes:") or recorded.type.startswith(
             "pulumi:providers:"
         ):
