@@ -19,6 +19,7 @@ from components.render.access import (
 from components.render.alerts import AlertThresholds
 from components.render.budget import BudgetInput
 from components.render.domain_api import DomainApiSpec
+from components.render.durations import duration_ms
 from components.render.graphql_workload import NetworkInput, RouteInput
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
@@ -26,7 +27,7 @@ from components.render.postgraphile import PostgraphileInput
 from components.render.postgres_cluster import ClusterInput, ObjectStoreInput, object_store_name
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
-from components.settings import StackSettings, duration_ms
+from components.settings import StackSettings
 
 GRAPHQL_AUTHENTICATOR = "postgraphile"
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
+from components.render import durations, schedules
 from components.render.postgrest import validate_role_claim_key
 
 NAMESPACE: Final = "pgplatform"
@@ -64,9 +66,13 @@ SQL_RESERVED_WORDS: Final = frozenset(
 )
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DNS_FORM = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DURATION = re.compile(r"^(\d+)(ms|s|min)$")
-_QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti)?$")
-_DURATION_MS: Final = {"ms": 1, "s": 1000, "min": 60_000}
+_OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_OBJECT_STORE = re.compile(r"^(s3|gs|https)://[^/\s]+(/[^\s]*)?$")
+# Kubernetes resource.Quantity: a decimal number with an optional binary or decimal SI suffix
+# or a decimal exponent ("250m", "1", "1.5", "512Mi", "2G", "1e3").
+_QUANTITY = re.compile(
+    r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)((Ki|Mi|Gi|Ti|Pi|Ei)|(m|k|M|G|T|P|E)|([eE][-+]?[0-9]+))?$"
+)
 
 
 def _sql_name(value: str) -> str:
@@ -84,24 +90,67 @@ def _sql_name(value: str) -> str:
     return value
 
 
-def _duration(value: str) -> str:
-    if not _DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration: use e.g. '500ms', '5s', '2min'")
-    return value
-
-
-_GO_DURATION = re.compile(r"^([1-9][0-9]*(h|m|s))+$")
+def _duration(value: Any) -> str:
+    durations.parse_duration(value)
+    return str(value)
 
 
 def _go_duration(value: str) -> str:
-    if not _GO_DURATION.match(value):
-        raise ValueError(f"{value!r} is not a Go duration: use e.g. '30s', '15m', '1h'")
+    """Kept in the config's syntax for checks; External Secrets gets Go's (``1d`` is ``24h``)."""
+    return durations.go_duration(value)
+
+
+def _retention(value: str) -> str:
+    """CloudNativePG's retention policy takes days or weeks (its ``m`` means months)."""
+    days = durations.whole_days(value)
+    return f"{days // 7}w" if days % 7 == 0 else f"{days}d"
+
+
+def _number_as_text(value: Any) -> Any:
+    """``pulumi config set --path ... 1`` stores a number; a quantity is its text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, "g") if isinstance(value, float) else str(value)
     return value
 
 
 def _quantity(value: str) -> str:
     if not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity: use e.g. '250m', '1', '512Mi'")
+        raise ValueError(
+            f"{value!r} is not a Kubernetes quantity: use e.g. '250m', '1', 1.5, '512Mi', '2Gi'"
+        )
+    return value
+
+
+def _object_name(value: str) -> str:
+    if not _OBJECT_NAME.match(value) or len(value) > 253:
+        raise ValueError(
+            f"{value!r} is not a Kubernetes object name: lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _object_store_path(value: str) -> str:
+    if not _OBJECT_STORE.match(value):
+        raise ValueError(
+            "must be a bucket URL with a bucket name: 's3://<bucket>[/path]', "
+            "'gs://<bucket>[/path]' or 'https://<account>.blob.core.windows.net/<container>'"
+        )
+    return value
+
+
+def _public_base_url(value: str) -> str:
+    """The scheme and host the API routes hang off; every route adds its own path."""
+    bare = value.rstrip("/")
+    if value.endswith("/") and re.fullmatch(r"https://[^/]+", bare):
+        raise ValueError(f"drop the trailing '/': write {bare!r}")
+    if not value.startswith("https://"):
+        raise ValueError("must start with 'https://' (e.g. 'https://api.example.com')")
+    if not re.fullmatch(r"https://[^/?#\s]+", value):
+        raise ValueError(
+            "only the scheme and host (and port) belong here, e.g. 'https://api.example.com': "
+            "each domain's path is added to it"
+        )
     return value
 
 
@@ -154,18 +203,16 @@ def _origin(value: str) -> str:
 SqlName = Annotated[str, AfterValidator(_sql_name)]
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 Origin = Annotated[str, AfterValidator(_origin)]
-Duration = Annotated[str, AfterValidator(_duration)]
-Quantity = Annotated[str, AfterValidator(_quantity)]
-GoDuration = Annotated[str, AfterValidator(_go_duration)]
+# One duration syntax for every key (components/render/durations.py).
+Duration = Annotated[str, BeforeValidator(_duration)]
+GoDuration = Annotated[str, BeforeValidator(_duration), AfterValidator(_go_duration)]
+Retention = Annotated[str, BeforeValidator(_duration), AfterValidator(_retention)]
+Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_quantity)]
+# A Kubernetes object name (DNS subdomain), e.g. of a Secret the stack refers to.
+SecretName = Annotated[str, AfterValidator(_object_name)]
+CnpgSchedule = Annotated[str, BeforeValidator(schedules.check_cnpg_schedule)]
+CronJobSchedule = Annotated[str, BeforeValidator(schedules.check_cronjob_schedule)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
-
-
-def duration_ms(value: str) -> int:
-    """Milliseconds of a validated duration string."""
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration")
-    return int(match.group(1)) * _DURATION_MS[match.group(2)]
 
 
 class _Model(BaseModel):
@@ -301,12 +348,12 @@ class BackupSettings(_Model):
 
     enabled: bool
     method: Literal["plugin", "barmanObjectStore"]
-    destination_path: str | None = Field(default=None, pattern=r"^(s3|gs|https)://")
+    destination_path: Annotated[str, AfterValidator(_object_store_path)] | None = None
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
-    credentials_secret: str | None = None
-    retention: str = Field(pattern=r"^[1-9][0-9]*[dwm]$")
-    schedule: str
-    restore_check_schedule: str
+    credentials_secret: SecretName | None = None
+    retention: Retention
+    schedule: CnpgSchedule
+    restore_check_schedule: CronJobSchedule
 
     @model_validator(mode="after")
     def _destination(self) -> BackupSettings:
@@ -376,7 +423,7 @@ class PostgresSettings(_Model):
     image: PinnedImage
     host: str | None = None
     ro_host: str | None = None
-    ca_secret: str | None = None
+    ca_secret: SecretName | None = None
 
     @model_validator(mode="after")
     def _mode_fields(self) -> PostgresSettings:
@@ -402,7 +449,7 @@ class StackSettings(_Model):
     stack: str
     environment: Literal["staging", "prod"]
     namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-    public_base_url: str = Field(pattern=r"^https://[^/]+$")
+    public_base_url: Annotated[str, AfterValidator(_public_base_url)]
     postgres: PostgresSettings
     roles: RoleSettings
     auth: AuthSettings
@@ -510,9 +557,7 @@ def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
 
 
 def _vault_checks(s: StackSettings) -> list[ConfigProblem]:
-    from components.render.secrets import go_duration_seconds
-
-    seconds = go_duration_seconds(s.vault.refresh_interval)
+    seconds = durations.parse_duration(s.vault.refresh_interval)
     if not 60 <= seconds <= 86_400:
         return [
             _problem(

@@ -29,11 +29,12 @@ _SKIPPED = {"stack"}  # derived from the stack name, not a config key
 _VALIDATOR_LABELS = {
     "_sql_name": "SQL name",
     "_duration": "duration",
-    "_go_duration": "Go duration",
     "_quantity": "quantity",
     "_labels": "map of label",
     "_origin": "origin",
     "_pinned_image": "pinned image",
+    "check_cnpg_schedule": "cron, 6 fields",
+    "check_cronjob_schedule": "cron, 5 fields",
 }
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from components.render import pods
+from components.render import pods, schedules
 from components.render.metrics_catalog import TargetNaming
 from components.render.postgres_cluster import (
     BACKUP_METHODS,
@@ -56,30 +56,22 @@ API_PORTS: Final = (443, 6443)
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_MACRO = re.compile(r"^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$")
-
-
-def _cron_fields(schedule: str) -> int:
-    return len(schedule.split())
 
 
 def check_kubernetes_schedule(key: str, schedule: str) -> str:
-    """A CronJob schedule: five fields (minute hour day month weekday) or a macro."""
-    if not (_MACRO.match(schedule) or _cron_fields(schedule) == 5):
-        raise ValueError(
-            f"{key}: {schedule!r} is not a CronJob schedule; use five fields, e.g. '0 4 1 * *'"
-        )
-    return schedule
+    """A CronJob schedule (``render.schedules``); the error names ``key``."""
+    try:
+        return schedules.check_cronjob_schedule(schedule)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
 
 
 def check_cnpg_schedule(key: str, schedule: str) -> str:
     """A ScheduledBackup schedule: six fields, seconds first (not the CronJob format)."""
-    if not (_MACRO.match(schedule) or _cron_fields(schedule) == 6):
-        raise ValueError(
-            f"{key}: {schedule!r} needs six fields with seconds first (CloudNativePG), "
-            "e.g. '0 0 2 * * *' for 02:00 every day"
-        )
-    return schedule
+    try:
+        return schedules.check_cnpg_schedule(schedule)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
 
 
 def scheduled_backup_spec(*, cluster: str, schedule: str, method: str = "plugin") -> dict[str, Any]:
