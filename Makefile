@@ -49,10 +49,12 @@ bench: setup
 	$(BIN)/python tools/bench_render.py
 
 # Database benchmarks (docs/database.md): RLS overhead on 1M rows, then pgbench through the
-# rendered PgBouncer. Each prints its numbers and exits non-zero when a target is missed.
+# rendered PgBouncer, then the delay from a schema change to PostgREST's reload signal
+# (docs/domain-api.md). Each prints its numbers and exits non-zero when a target is missed.
 bench-db: setup
 	$(BIN)/python -m bench.rls_overhead
 	$(BIN)/python -m bench.pooling
+	$(BIN)/python -m bench.schema_reload
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache

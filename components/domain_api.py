@@ -215,6 +215,7 @@ class DomainApi(pulumi.ComponentResource):
             config_map, service_account, secrets_checksum = parts
             body = render.deployment_body(
                 spec,
+                conf=args.conf,
                 config_map=str(config_map),
                 service_account=str(service_account),
                 secret_name=secret_name,

@@ -197,7 +197,7 @@ def _api_rules(
                 description=(
                     f"PostgREST pod {{{{ $labels.pod }}}} of the {domain} API failed to load the "
                     "schema cache in the last 10 minutes; until a load succeeds it is not ready "
-                    "and serves no requests (or stale metadata after a NOTIFY reload)."
+                    "and serves no requests (or stale metadata after a signalled reload)."
                 ),
                 extra_labels=labels,
             )

@@ -12,6 +12,9 @@ network reach, routing) is tested without Pulumi. Decisions encoded here:
 * Probes use the admin port (``/live``, ``/ready``), which the gateway never routes to.
 * The JWT key Secret is mounted as a directory (never ``subPath``) so a rotated key reaches
   the running pod, where the reload sidecar makes PostgREST re-read it (docs/jwt-keys.md).
+* A second sidecar polls the schema version through PgBouncer and makes PostgREST reload its
+  schema cache (``SIGUSR1``), since ``NOTIFY pgrst`` cannot pass transaction pooling. It uses the
+  PostgreSQL image the baseline Job uses (``psql``; no other tool is needed).
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ from typing import Any, Final, Literal
 
 from components.render import pods
 from components.render.checksum import content_checksum
+from components.render.postgres_cluster import POSTGRES_IMAGE
 from components.render.postgrest import (
+    DB_URI_ENV,
     HS256_SECRET_FILE,
     JWKS_FILE,
     JWT_KEY_DIR,
     JWT_RELOADER_IMAGE,
     PGPASSWORD_ENV,
     POSTGREST_IMAGE,
+    SCHEMA_POLL_ENV,
+    SCHEMA_POLL_SECONDS,
+    PostgrestConfInput,
+    db_uri,
     jwt_key_reload_script,
+    schema_reload_script,
 )
 from components.render.secret_sync import (
     SECRETS_CHECKSUM_ANNOTATION,
@@ -165,6 +175,8 @@ class DomainApiSpec:
     dns_namespace: str = "kube-system"
     image: str = POSTGREST_IMAGE
     sidecar_image: str = JWT_RELOADER_IMAGE
+    schema_poller_image: str = POSTGRES_IMAGE
+    schema_poll_seconds: int = SCHEMA_POLL_SECONDS
     uid: int = pods.DEFAULT_UID
 
     def __post_init__(self) -> None:
@@ -186,7 +198,10 @@ class DomainApiSpec:
             raise ValueError(f"DomainApiSpec.auth_mode: 'hs256' or 'jwks', got {self.auth_mode!r}")
         if not _HOST.fullmatch(self.public_host):
             raise ValueError(f"DomainApiSpec.public_host: not a host name: {self.public_host!r}")
-        for image_field in ("image", "sidecar_image"):
+        poll = self.schema_poll_seconds
+        if isinstance(poll, bool) or not isinstance(poll, int) or not 2 <= poll <= 300:
+            raise ValueError(f"DomainApiSpec.schema_poll_seconds: must be 2..300, got {poll!r}")
+        for image_field in ("image", "sidecar_image", "schema_poller_image"):
             image = getattr(self, image_field)
             if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
                 raise ValueError(f"DomainApiSpec.{image_field}: pin a version, got {image!r}")
@@ -259,6 +274,41 @@ def _reloader_container(spec: DomainApiSpec) -> dict[str, Any]:
     }
 
 
+SCHEMA_RELOADER: Final = "schema-cache-reloader"
+"""Container that polls the schema version and sends PostgREST ``SIGUSR1`` on a change."""
+_POSTGREST_VISIBLE = (
+    'for c in /proc/[0-9]*/comm; do { read -r n < "$c"; } 2>/dev/null && '
+    '[ "$n" = postgrest ] && exit 0; done; exit 1'
+)
+
+
+def _schema_reloader_container(
+    spec: DomainApiSpec, conf: PostgrestConfInput, secret_name: str
+) -> dict[str, Any]:
+    return {
+        "name": SCHEMA_RELOADER,
+        "image": spec.schema_poller_image,
+        "command": ["sh", "-c", schema_reload_script((conf.schema,))],
+        "env": [
+            # PostgREST's own db-uri and password: the same pool, role and TLS settings.
+            {"name": DB_URI_ENV, "value": db_uri(conf)},
+            pods.secret_env(PGPASSWORD_ENV, secret_name, PASSWORD_KEY),
+            {"name": "PGAPPNAME", "value": f"{SCHEMA_RELOADER}-{dns_name(spec.domain)}"},
+            {"name": "PGCONNECT_TIMEOUT", "value": "5"},
+            {"name": SCHEMA_POLL_ENV, "value": str(spec.schema_poll_seconds)},
+        ],
+        "resources": {
+            "requests": {"cpu": "5m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": pods.container_security_context(spec.uid),
+        # Ready while it can see the process it signals (shareProcessNamespace works);
+        # alive while its client runs.
+        "readinessProbe": _exec_probe(_POSTGREST_VISIBLE),
+        "livenessProbe": _exec_probe("psql --version >/dev/null"),
+    }
+
+
 def _exec_probe(command: str) -> dict[str, Any]:
     return {
         "exec": {"command": ["sh", "-c", command]},
@@ -271,16 +321,21 @@ def _exec_probe(command: str) -> dict[str, Any]:
 def deployment_body(
     spec: DomainApiSpec,
     *,
+    conf: PostgrestConfInput,
     config_map: str,
     service_account: str,
     secret_name: str,
     conf_checksum: str,
     secrets_checksum: str,
 ) -> dict[str, Any]:
-    """``spec`` of the PostgREST Deployment (pod: wait-for-secrets, postgrest, key reloader)."""
+    """``spec`` of the PostgREST Deployment (pod: wait-for-secrets, postgrest, two reloaders)."""
     sel = selector(spec.domain)
     pod_spec = pods.hardened_pod_spec(
-        containers=[_postgrest_container(spec, secret_name), _reloader_container(spec)],
+        containers=[
+            _postgrest_container(spec, secret_name),
+            _reloader_container(spec),
+            _schema_reloader_container(spec, conf, secret_name),
+        ],
         init_containers=[
             wait_for_secret_container(
                 secret_name,

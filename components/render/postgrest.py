@@ -418,3 +418,92 @@ def jwt_key_reload_script(key_file: str, *, interval_seconds: int = 30) -> str:
             "",
         ]
     )
+
+
+SCHEMA_POLL_ENV = "SCHEMA_POLL_SECONDS"
+"""Env var of :func:`schema_reload_script`: seconds between two polls of the schema version."""
+
+SCHEMA_POLL_SECONDS = 10
+"""Default poll interval: a schema change reaches the API within this plus one cache load."""
+
+DB_URI_ENV = "DB_URI"
+"""Env var of :func:`schema_reload_script`: PostgREST's ``db-uri`` (no password; libpq takes
+it from ``PGPASSWORD``), so the poller reaches the database exactly as PostgREST does."""
+
+SCHEMA_VERSION_FUNCTION = "platform.schema_version"
+"""``db/070_schema_version.sql``: catalog fingerprint of the schemas, executable by the
+authenticator."""
+
+
+def schema_reload_script(schemas: tuple[str, ...], *, process: str = "postgrest") -> str:
+    """Return the sidecar loop that sends PostgREST ``SIGUSR1`` when the schema version changes.
+
+    ``SIGUSR1`` makes PostgREST reload its schema cache (PostgREST v14 docs, "Schema Cache
+    Reloading"); the ``NOTIFY pgrst`` route is closed because LISTEN cannot pass PgBouncer's
+    transaction pooling (``db-channel-enabled = false``). Every ``$SCHEMA_POLL_SECONDS`` the loop
+    asks the database for :data:`SCHEMA_VERSION_FUNCTION` of ``schemas`` with ``psql`` through the
+    same pool as PostgREST (``$DB_URI``, ``$PGPASSWORD``) and signals on a new value.
+
+    It needs only ``sh``, ``psql`` and ``sleep``: processes are found through ``/proc/*/comm``
+    and signalled with the shell's ``kill`` (``shareProcessNamespace: true``, same UID). A
+    process is signalled only once it has been seen at a previous poll: an early ``SIGUSR1``
+    would kill PostgREST before it installs its handler. The first value read is sent too, so a
+    change made while the pod started is never missed (one extra cache load per pod start).
+    """
+    if not schemas or not isinstance(schemas, tuple):
+        raise ValueError("schema_reload_script.schemas: a non-empty tuple of schema names")
+    for schema in schemas:
+        if not isinstance(schema, str) or not _IDENT.fullmatch(schema):
+            raise ValueError(
+                f"schema_reload_script.schemas: {schema!r} is not a lower-case SQL identifier"
+            )
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,14}", process):
+        raise ValueError(f"schema_reload_script.process: not a process name, got {process!r}")
+    arguments = ", ".join(f"'{schema}'" for schema in schemas)
+    query = f"SELECT {SCHEMA_VERSION_FUNCTION}({arguments})"
+    return "\n".join(
+        [
+            "set -u",
+            "trap 'exit 0' TERM INT",
+            f'interval="${{{SCHEMA_POLL_ENV}:-{SCHEMA_POLL_SECONDS}}}"',
+            # A bad value must not turn the loop into a busy one against the database.
+            f'case "$interval" in ""|*[!0-9]*|0) interval={SCHEMA_POLL_SECONDS} ;; esac',
+            f"target='{process}'",
+            "last=''",
+            "previous=''",
+            f'echo "polling {query} every ${{interval}}s"',
+            "while :; do",
+            "  pids=''",
+            "  for comm in /proc/[0-9]*/comm; do",
+            "    name=''",
+            '    { read -r name < "$comm"; } 2>/dev/null || continue',
+            '    if [ "$name" = "$target" ]; then',
+            '      pid="${comm#/proc/}"',
+            '      pids="$pids ${pid%/comm}"',
+            "    fi",
+            "  done",
+            f'  if version="$(psql -X -A -t -q -v ON_ERROR_STOP=1 -d "${DB_URI_ENV}" '
+            f'-c "{query}" 2>&1)"; then',
+            '    if [ -n "$version" ] && [ "$version" != "$last" ]; then',
+            "      sent=''",
+            "      for pid in $pids; do",
+            '        case " $previous " in',
+            '          *" $pid "*) kill -USR1 "$pid" 2>/dev/null && sent="$sent $pid" ;;',
+            "        esac",
+            "      done",
+            '      if [ -n "$sent" ]; then',
+            '        echo "schema version $version: sent SIGUSR1 to $target (pid$sent)"',
+            '        last="$version"',
+            "      else",
+            '        echo "schema version $version: waiting for $target to run"',
+            "      fi",
+            "    fi",
+            "  else",
+            '    echo "reading the schema version failed: $version" >&2',
+            "  fi",
+            '  previous="$pids"',
+            '  sleep "$interval" & wait $!',
+            "done",
+            "",
+        ]
+    )

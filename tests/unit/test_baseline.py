@@ -48,11 +48,12 @@ def functions() -> list[tuple[str, str, str, str]]:
 def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
     assert names == ["020_platform.sql", "030_audit.sql", "040_rls_guard.sql",
-                     "050_pgbouncer_auth.sql", "060_pgbouncer_auth_grants.sql"]  # fmt: skip
+                     "050_pgbouncer_auth.sql", "060_pgbouncer_auth_grants.sql",
+                     "070_schema_version.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
     assert [name for name, _ in stack_sql_files(["content"])] == [
         *names[:4],
-        names[4],
+        *names[4:],
         SUPERUSER_VERSION_FILE,
         EXPOSED_SCHEMAS_FILE,
     ]
@@ -69,6 +70,7 @@ def test_fixed_function_names_exist() -> None:
         "audit.record",
         "platform.rls_guard",
         "platform.pgbouncer_get_auth",
+        "platform.schema_version",
     } <= names
 
 

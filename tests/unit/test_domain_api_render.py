@@ -9,12 +9,14 @@ import pytest
 
 from components.render import domain_api as render
 from components.render import pods
+from components.render.postgres_cluster import POSTGRES_IMAGE
 from components.render.postgrest import (
     HS256_SECRET_FILE,
     JWKS_FILE,
     JWT_KEY_DIR,
     JWT_RELOADER_IMAGE,
     POSTGREST_IMAGE,
+    PostgrestConfInput,
 )
 from components.render.secret_sync import CHECKSUM_KEY, SECRETS_CHECKSUM_ANNOTATION
 
@@ -41,9 +43,19 @@ def spec(**overrides: Any) -> render.DomainApiSpec:
     return render.DomainApiSpec(**values)
 
 
+CONF = PostgrestConfInput(
+    domain="identity",
+    schema="identity",
+    db_host="pgbouncer.pgplatform.svc.cluster.local",
+    db_name="app_rw",
+    jwt_secret_file=JWKS_FILE,
+)
+
+
 def deployment(s: render.DomainApiSpec, conf: str = "db-pool = 10\n") -> dict[str, Any]:
     return render.deployment_body(
         s,
+        conf=CONF,
         config_map="identity-api-config-abc",
         service_account="identity-api-sa-abc",
         secret_name="identity-postgrest-secrets",
@@ -78,7 +90,11 @@ def test_every_container_is_hardened(mode: str) -> None:
     # The reloader signals postgrest: same UID (no CAP_KILL) and a shared process namespace.
     assert len(uids) == 1
     assert pod["shareProcessNamespace"] is True
-    assert {c["image"] for c in pod["containers"]} == {POSTGREST_IMAGE, JWT_RELOADER_IMAGE}
+    assert {c["image"] for c in pod["containers"]} == {
+        POSTGREST_IMAGE,
+        JWT_RELOADER_IMAGE,
+        POSTGRES_IMAGE,
+    }
 
 
 def test_probes_use_the_admin_port() -> None:
@@ -106,7 +122,13 @@ def test_password_only_from_secret_and_no_literal_secret_env() -> None:
     }
     for container in all_containers(pod):
         for item in container.get("env", []):
-            assert "value" not in item or item["name"] in {"PGAPPNAME", "SECRET_NAME"}, item
+            assert "value" not in item or item["name"] in {
+                "PGAPPNAME",
+                "SECRET_NAME",
+                "DB_URI",
+                "PGCONNECT_TIMEOUT",
+                "SCHEMA_POLL_SECONDS",
+            }, item
 
 
 @pytest.mark.parametrize(
