@@ -22,6 +22,8 @@ class DatabaseAccessArgs:
     admin_user: str
     admin_password: pulumi.Input[str]
     sslmode: str
+    ca_file: str | None = None
+    """PEM file the provider verifies the server certificate with (``sslrootcert``)."""
 
 
 class DatabaseAccess(pulumi.ComponentResource):
@@ -45,6 +47,7 @@ class DatabaseAccess(pulumi.ComponentResource):
             username=args.admin_user,
             password=pulumi.Output.secret(args.admin_password),
             sslmode=args.sslmode,
+            sslrootcert=args.ca_file,
             superuser=False,
             connect_timeout=15,
             opts=pulumi.ResourceOptions(parent=self),

@@ -124,6 +124,8 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
             "port": 5432,
             "adminUser": "pgplatform_admin",
             "sslmode": "verify-full",
+            # Written by the deploy job from the Cluster's CA Secret (docs/database.md).
+            "providerCaFile": "ca/postgres-ca.crt",
             "resources": {
                 "requests": {"cpu": "2", "memory": "4Gi"},
                 "limits": {"cpu": "4", "memory": "8Gi"},

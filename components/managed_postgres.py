@@ -16,6 +16,7 @@ from components.render.postgres_cluster import (
     CUSTOM_QUERIES_KEY,
     OBJECT_STORE_API_VERSION,
     ClusterInput,
+    await_ready_annotations,
     cluster_spec,
     object_store_spec,
 )
@@ -150,7 +151,13 @@ class ManagedPostgres(pulumi.ComponentResource):
                 f"{name}-cluster",
                 api_version=CNPG_API_VERSION,
                 kind="Cluster",
-                metadata=meta(args.namespace, meta_labels, name=cluster_name),
+                # Awaited until Ready: everything that connects depends on this object.
+                metadata=meta(
+                    args.namespace,
+                    meta_labels,
+                    name=cluster_name,
+                    annotations=await_ready_annotations(),
+                ),
                 body={
                     "spec": queries.object_name.apply(
                         lambda queries_name: cluster_spec(

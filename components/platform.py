@@ -100,6 +100,7 @@ def build_platform(s: StackSettings) -> Platform:
             admin_user=pg.admin_user,
             admin_password=database.admin_password,
             sslmode=pg.sslmode,
+            ca_file=pg.provider_ca_file,
         ),
         opts=after(database),
     )

@@ -424,6 +424,8 @@ class PostgresSettings(_Model):
     host: str | None = None
     ro_host: str | None = None
     ca_secret: SecretName | None = None
+    provider_ca_file: str | None = Field(default=None, min_length=1)
+    """PEM file (on the machine running Pulumi) the pulumi-postgresql provider verifies with."""
 
     @model_validator(mode="after")
     def _mode_fields(self) -> PostgresSettings:
@@ -579,6 +581,7 @@ def _postgres_checks(s: StackSettings) -> list[ConfigProblem]:
                 s.postgres.sslmode,
             )
         )
+    problems += _provider_ca_checks(s)
     if s.postgres.mode == "external":
         if s.postgres_admin_password is None:
             problems.append(
@@ -596,6 +599,38 @@ def _postgres_checks(s: StackSettings) -> list[ConfigProblem]:
                 )
             )
     return problems
+
+
+def _provider_ca_checks(s: StackSettings) -> list[ConfigProblem]:
+    """The pulumi-postgresql provider verifies the server only against a CA file it can read."""
+    from components.inputs import CLUSTER_NAME
+
+    verifying = s.postgres.sslmode in {"verify-ca", "verify-full"}
+    if verifying and not s.postgres.provider_ca_file:
+        source = (
+            f"the ca.crt of the Secret '{CLUSTER_NAME}-ca' CloudNativePG creates"
+            if s.postgres.mode == "cnpg"
+            else "the CA that signed the database's certificate"
+        )
+        return [
+            _problem(
+                "postgres.providerCaFile",
+                f"postgres.sslmode {s.postgres.sslmode!r} makes the pulumi-postgresql provider "
+                "verify the server certificate: set the path (relative to the project directory "
+                f"on the machine running pulumi) of a PEM file with {source}; "
+                "see docs/database.md 'The provider's CA'",
+            )
+        ]
+    if not verifying and s.postgres.provider_ca_file:
+        return [
+            _problem(
+                "postgres.providerCaFile",
+                "only read when postgres.sslmode is 'verify-ca' or 'verify-full': remove it "
+                "or raise the sslmode",
+                s.postgres.provider_ca_file,
+            )
+        ]
+    return []
 
 
 def _domain_checks(s: StackSettings) -> list[ConfigProblem]:

@@ -44,6 +44,10 @@ class Recorded:
     """``protect``: the engine refuses to delete (or replace) it."""
     retain_on_delete: bool = False
     """``retain_on_delete``: a delete only removes it from the state."""
+    urn: str = ""
+    parent_urn: str = ""
+    dependencies: tuple[str, ...] = ()
+    """URNs the engine orders it after (``depends_on`` and the resources its inputs came from)."""
 
     @property
     def custom(self) -> bool:
@@ -74,13 +78,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self._registering = threading.local()
 
     def registering(
-        self, parent: str | None, provider: str, *, protect: bool, retain_on_delete: bool
+        self,
+        parent: str | None,
+        provider: str,
+        *,
+        protect: bool,
+        retain_on_delete: bool,
+        graph: tuple[str, str, tuple[str, ...]] = ("", "", ()),
     ) -> None:
-        self._registering.value = (parent, provider, protect, retain_on_delete)
+        """``graph``: the registration's URN, its parent's URN and its dependencies."""
+        self._registering.value = (parent, provider, protect, retain_on_delete, graph)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        parent, provider, protect, retain = getattr(
-            self._registering, "value", (None, "", False, False)
+        parent, provider, protect, retain, (urn, parent_urn, dependencies) = getattr(
+            self._registering, "value", (None, "", False, False, ("", "", ()))
         )
         recorded = Recorded(
             type=args.typ,
@@ -90,6 +101,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             provider=provider,
             protect=protect,
             retain_on_delete=retain,
+            urn=urn,
+            parent_urn=parent_urn,
+            dependencies=dependencies,
         )
         self.resources.append(recorded)
         outputs = dict(args.inputs)
@@ -130,6 +144,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             request.provider,
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),
+            graph=(
+                self.make_urn(request.parent, request.type, request.name),
+                request.parent,
+                tuple(request.dependencies),
+            ),
         )
         return super().RegisterResource(request)
 

@@ -32,6 +32,9 @@ BACKUP_METHODS: Final = ("plugin", "barmanObjectStore")
 IMAGE_FLAVOURS: Final = ("minimal", "standard", "system")
 """CloudNativePG operand image flavours (tag ``<pg>-<flavour>-<os>``); only ``system`` ships
 Barman Cloud, which the in-core method runs inside the PostgreSQL container."""
+READY_TIMEOUT_SECONDS: Final = 1800
+"""How long ``pulumi up`` waits for a created or changed Cluster to become healthy (bootstrap of
+the primary, then each replica's base backup)."""
 CUSTOM_QUERIES_KEY: Final = "queries.yaml"
 """Key of the extra monitoring queries in the ConfigMap ``customQueriesConfigMap`` names."""
 RECOVERY_SOURCE: Final = "origin"
@@ -222,6 +225,21 @@ class ClusterInput:
             problem = backup_method_problem(self.backup.method, self.image)
             if problem:
                 raise ValueError(f"backup.method: {problem}")
+
+
+def await_ready_annotations(timeout_seconds: int = READY_TIMEOUT_SECONDS) -> dict[str, str]:
+    """Annotations that make pulumi-kubernetes (4.18+) wait for the Cluster to be usable.
+
+    Without them a custom resource counts as created once the API server stored it, and the
+    roles, grants, the SQL baseline Job and every workload reading ``<cluster>-ca`` would start
+    against a database that does not exist yet. The operator sets the condition ``Ready`` to
+    ``True`` exactly when the phase is "Cluster in healthy state"; ``timeoutSeconds`` replaces the
+    provider's default of ten minutes.
+    """
+    return {
+        "pulumi.com/waitFor": "condition=Ready",
+        "pulumi.com/timeoutSeconds": str(timeout_seconds),
+    }
 
 
 def _storage(inp: ClusterInput) -> dict[str, Any]:

@@ -38,6 +38,7 @@ EXTERNAL = {
             "roHost": "db-ro.example.internal",
             "sslmode": "verify-full",
             "caSecret": "db-ca",
+            "providerCaFile": "ca/db-ca.crt",
         }
     ),
     "pgplatform:postgresAdminPassword": "external-admin-password-for-tests",
