@@ -22,7 +22,7 @@ from components.render.secrets import (
     jwks_secret_store_spec,
 )
 from components.settings import StackSettings, VaultSettings
-from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+from components.workload import StatelessWorkload, VaultAccountSpec, WorkloadRefs, deploy
 
 JWT_SECRET_LENGTH = 64
 """Generated HS256 secret length (alphanumeric, ~380 bits); PostgREST needs at least 32."""
@@ -152,7 +152,7 @@ class DomainApi(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     """Name of the Service (``<domain>-api``)."""
     deployment_name: pulumi.Output[str]
-    """Generated name of the PostgREST Deployment."""
+    """Name of the PostgREST Deployment (``<domain>-api``)."""
     config_map_name: pulumi.Output[str]
     """Generated name of the ConfigMap holding ``postgrest.conf``."""
     secret_name: pulumi.Output[str]
@@ -165,131 +165,71 @@ class DomainApi(pulumi.ComponentResource):
         spec = args.spec
         ns = spec.namespace
         labels = render.pod_labels(spec.domain)
-        child = pulumi.ResourceOptions(parent=self)
+        workload_name = render.service_name(spec.domain)
 
-        account = KubeObject(
-            f"{name}-sa",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=meta(ns, labels),
-            body=render.service_account_body(),
-            opts=child,
-        )
-
-        consumer = render.consumer_name(spec.domain)
         values: dict[str, pulumi.Input[str]] = {render.PASSWORD_KEY: args.db_password}
         if args.jwt_secret is not None:
             values[render.JWT_SECRET_KEY] = args.jwt_secret
-        secrets = VaultSecrets(
-            f"{name}-vault",
-            VaultSecretsArgs(
-                namespace=ns,
-                env=args.env,
-                vault=args.vault,
-                consumers=(
-                    VaultConsumer(
-                        name=consumer, service_account=account.object_name, values=values
-                    ),
-                ),
-                labels=labels,
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
-        )
-        secret_name = secrets.secret_names[consumer]
-        rollout_deps: list[pulumi.Resource] = [secrets]
+        rollout_after: list[pulumi.Resource] = []
         if spec.auth_mode == "jwks":
-            rollout_deps.append(self._jwks(name, spec, labels, args.jwks_url or ""))
-
+            rollout_after.append(self._jwks(name, spec, labels, args.jwks_url or ""))
         conf = render_postgrest_conf(args.conf)
-        config = KubeObject(
-            f"{name}-config",
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=meta(ns, labels),
-            body={"data": {render.CONF_KEY: conf}},
-            opts=child,
-        )
         conf_checksum = render.conf_checksum(conf)
 
-        def deployment_spec(parts: list[Any]) -> dict[str, Any]:
-            config_map, service_account, secrets_checksum = parts
-            body = render.deployment_body(
+        def deployment(refs: WorkloadRefs) -> dict[str, Any]:
+            return render.deployment_body(
                 spec,
                 conf=args.conf,
-                config_map=str(config_map),
-                service_account=str(service_account),
-                secret_name=secret_name,
+                config_map=refs.config_map,
+                service_account=refs.service_account,
+                secret_name=refs.secret_name,
                 conf_checksum=conf_checksum,
-                secrets_checksum=str(secrets_checksum),
+                secrets_checksum=refs.secrets_checksum,
             )
-            return dict(body["spec"])
 
-        deployment = KubeObject(
-            f"{name}-deployment",
-            api_version="apps/v1",
-            kind="Deployment",
-            metadata=meta(ns, labels),
-            body={
-                "spec": pulumi.Output.all(
-                    config.object_name, account.object_name, secrets.checksums[consumer]
-                ).apply(deployment_spec)
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, *rollout_deps]),
-        )
-        service = KubeObject(
-            f"{name}-service",
-            api_version="v1",
-            kind="Service",
-            metadata=meta(ns, labels, name=render.service_name(spec.domain)),
-            body=render.service_body(spec),
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-hpa",
-            api_version="autoscaling/v2",
-            kind="HorizontalPodAutoscaler",
-            metadata=meta(ns, labels),
-            body={
-                "spec": deployment.object_name.apply(
-                    lambda d: render.hpa_body(spec, deployment=d)["spec"]
-                )
-            },
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-pdb",
-            api_version="policy/v1",
-            kind="PodDisruptionBudget",
-            metadata=meta(ns, labels),
-            body=render.pdb_body(spec),
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-netpol",
-            api_version="networking.k8s.io/v1",
-            kind="NetworkPolicy",
-            metadata=meta(ns, labels),
-            body=render.network_policy_body(spec),
-            opts=child,
+        workload = deploy(
+            self,
+            name,
+            StatelessWorkload(
+                name=workload_name,
+                account=VaultAccountSpec(
+                    name=workload_name,
+                    namespace=ns,
+                    labels=labels,
+                    env=args.env,
+                    vault=args.vault,
+                    consumer=render.consumer_name(spec.domain),
+                    values=values,
+                    body=render.service_account_body(),
+                ),
+                config={render.CONF_KEY: conf},
+                deployment=deployment,
+                service_name=workload_name,
+                service=render.service_body(spec),
+                hpa=render.hpa_body(spec, deployment=workload_name),
+                pdb=render.pdb_body(spec),
+                network_policy=render.network_policy_body(spec),
+                rollout_after=rollout_after,
+            ),
         )
         KubeObject(
             f"{name}-route",
             api_version=render.GATEWAY_API_VERSION,
             kind="HTTPRoute",
             # Fixed name: the gateway's metrics carry it and the API alerts select on it.
-            metadata=meta(ns, labels, name=render.service_name(spec.domain)),
+            metadata=meta(ns, labels, name=workload_name),
             body=render.http_route_body(spec),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[workload.service]),
         )
 
         self.url = pulumi.Output.from_input(args.public_url)
-        self.service_name = service.object_name
-        self.service_address = service.object_name.apply(
+        self.service_name = workload.service.object_name
+        self.service_address = workload.service.object_name.apply(
             lambda svc: f"http://{svc}.{ns}.svc.cluster.local:{render.HTTP_PORT}"
         )
-        self.deployment_name = deployment.object_name
-        self.config_map_name = config.object_name
-        self.secret_name = pulumi.Output.from_input(secret_name)
+        self.deployment_name = workload.deployment.object_name
+        self.config_map_name = workload.config.object_name
+        self.secret_name = pulumi.Output.from_input(workload.secret_name)
         self.register_outputs(
             {
                 "url": self.url,
@@ -321,10 +261,8 @@ class DomainApi(pulumi.ComponentResource):
             kind="ExternalSecret",
             metadata=meta(ns, labels),
             body={
-                "spec": store.object_name.apply(
-                    lambda store_name: jwks_external_secret_spec(
-                        store_name=store_name, target_secret=target, secret_labels=labels
-                    )
+                "spec": jwks_external_secret_spec(
+                    store_name=store.object_name, target_secret=target, secret_labels=labels
                 )
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[store]),

@@ -32,7 +32,8 @@ from components.render.secrets import (
     jwks_secret_store_spec,
 )
 from components.settings import StackSettings, VaultSettings
-from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs, secret_name_of
+from components.vault_secrets import secret_name_of
+from components.workload import StatelessWorkload, VaultAccountSpec, WorkloadRefs, deploy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +87,7 @@ class GraphqlPilot(pulumi.ComponentResource):
     service_address: pulumi.Output[str]
     """In-cluster URL of the GraphQL endpoint."""
     deployment_name: pulumi.Output[str]
-    """Generated name of the PostGraphile Deployment."""
+    """Name of the PostGraphile Deployment (``graphql-api``)."""
     config_map_name: pulumi.Output[str]
     """Generated name of the ConfigMap (rc file and npm package files)."""
     secret_name: pulumi.Output[str]
@@ -98,125 +99,74 @@ class GraphqlPilot(pulumi.ComponentResource):
         super().__init__("pgplatform:index:GraphqlPilot", name, None, opts)
         ns = args.namespace
         labels = render.labels()
-        child = pulumi.ResourceOptions(parent=self)
         inp = args.postgraphile
 
-        account = KubeObject(
-            f"{name}-sa",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=meta(ns, labels),
-            body=render.service_account_spec(),
-            opts=child,
-        )
         values: dict[str, pulumi.Input[str]] = {render.PASSWORD_KEY: args.db_password}
         if args.jwt_secret is not None:
             values[render.JWT_SECRET_KEY] = args.jwt_secret
-        secrets = VaultSecrets(
-            f"{name}-vault",
-            VaultSecretsArgs(
-                namespace=ns,
-                env=args.env,
-                vault=args.vault,
-                consumers=(
-                    VaultConsumer(
-                        name=render.CONSUMER, service_account=account.object_name, values=values
-                    ),
-                ),
-                labels=labels,
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
-        )
-        secret_name = secrets.secret_names[render.CONSUMER]
-        rollout_deps: list[pulumi.Resource] = [secrets]
+        rollout_after: list[pulumi.Resource] = []
         if args.jwks_url is not None:
-            rollout_deps.append(self._jwks(name, ns, labels, args.jwks_url))
-
+            rollout_after.append(self._jwks(name, ns, labels, args.jwks_url))
         data = render.config_map_data(inp, args.package_files)
-        config = KubeObject(
-            f"{name}-config",
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=meta(ns, labels),
-            body={"data": data},
-            opts=child,
-        )
         config_checksum = content_checksum(*(f"{key}\n{data[key]}" for key in sorted(data)))
 
-        def deployment_spec(parts: list[Any]) -> dict[str, Any]:
-            config_map, service_account, secrets_checksum = parts
-            return render.deployment_spec(
-                render.GraphqlWorkloadInput(
-                    postgraphile=inp,
-                    config_map=str(config_map),
-                    service_account=str(service_account),
-                    secret_name=secret_name,
-                    jwks_secret=render.JWKS_SECRET if args.jwks_url is not None else None,
-                    resources=args.resources,
-                    min_replicas=args.min_replicas,
-                    max_replicas=args.max_replicas,
-                    config_checksum=config_checksum,
-                    secrets_checksum=str(secrets_checksum),
-                )
-            )
-
-        deployment = KubeObject(
-            f"{name}-deployment",
-            api_version="apps/v1",
-            kind="Deployment",
-            metadata=meta(ns, labels),
-            body={
-                "spec": pulumi.Output.all(
-                    config.object_name, account.object_name, secrets.checksums[render.CONSUMER]
-                ).apply(deployment_spec)
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, *rollout_deps]),
-        )
-        service = KubeObject(
-            f"{name}-service",
-            api_version="v1",
-            kind="Service",
-            metadata=meta(ns, labels, name=render.SERVICE_NAME),
-            body={"spec": render.service_spec(inp.port)},
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-hpa",
-            api_version="autoscaling/v2",
-            kind="HorizontalPodAutoscaler",
-            metadata=meta(ns, labels),
-            body={
-                "spec": deployment.object_name.apply(
-                    lambda d: render.hpa_spec(
+        def deployment(refs: WorkloadRefs) -> dict[str, Any]:
+            return {
+                "spec": render.deployment_spec(
+                    render.GraphqlWorkloadInput(
+                        postgraphile=inp,
+                        config_map=refs.config_map,
+                        service_account=refs.service_account,
+                        secret_name=refs.secret_name,
+                        jwks_secret=render.JWKS_SECRET if args.jwks_url is not None else None,
+                        resources=args.resources,
                         min_replicas=args.min_replicas,
                         max_replicas=args.max_replicas,
-                        deployment=d,
+                        config_checksum=config_checksum,
+                        secrets_checksum=refs.secrets_checksum,
                     )
                 )
-            },
-            opts=child,
+            }
+
+        workload_name = render.SERVICE_NAME
+        workload = deploy(
+            self,
+            name,
+            StatelessWorkload(
+                name=workload_name,
+                account=VaultAccountSpec(
+                    name=workload_name,
+                    namespace=ns,
+                    labels=labels,
+                    env=args.env,
+                    vault=args.vault,
+                    consumer=render.CONSUMER,
+                    values=values,
+                    body=render.service_account_spec(),
+                ),
+                config=data,
+                deployment=deployment,
+                service_name=render.SERVICE_NAME,
+                service={"spec": render.service_spec(inp.port)},
+                hpa={
+                    "spec": render.hpa_spec(
+                        min_replicas=args.min_replicas,
+                        max_replicas=args.max_replicas,
+                        deployment=workload_name,
+                    )
+                },
+                pdb={"spec": render.pdb_spec(args.min_replicas)},
+                network_policy={"spec": render.network_policy_spec(args.network)},
+                rollout_after=rollout_after,
+            ),
         )
-        KubeObject(
-            f"{name}-pdb",
-            api_version="policy/v1",
-            kind="PodDisruptionBudget",
-            metadata=meta(ns, labels),
-            body={"spec": render.pdb_spec(args.min_replicas)},
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-netpol",
-            api_version="networking.k8s.io/v1",
-            kind="NetworkPolicy",
-            metadata=meta(ns, labels),
-            body={"spec": render.network_policy_spec(args.network)},
-            opts=child,
-        )
+        service = workload.service
         KubeObject(
             f"{name}-route",
             api_version=render.GATEWAY_API_VERSION,
             kind="HTTPRoute",
-            metadata=meta(ns, labels),
+            # Fixed name, like the REST APIs' routes: the gateway's metrics carry it.
+            metadata=meta(ns, labels, name=render.SERVICE_NAME),
             body={"spec": render.http_route_spec(args.route)},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
         )
@@ -226,9 +176,9 @@ class GraphqlPilot(pulumi.ComponentResource):
         self.service_address = service.object_name.apply(
             lambda svc: f"http://{svc}.{ns}.svc.cluster.local:{inp.port}{inp.graphql_route}"
         )
-        self.deployment_name = deployment.object_name
-        self.config_map_name = config.object_name
-        self.secret_name = pulumi.Output.from_input(secret_name)
+        self.deployment_name = workload.deployment.object_name
+        self.config_map_name = workload.config.object_name
+        self.secret_name = pulumi.Output.from_input(workload.secret_name)
         self.register_outputs(
             {
                 "url": self.url,
@@ -255,12 +205,10 @@ class GraphqlPilot(pulumi.ComponentResource):
             kind="ExternalSecret",
             metadata=meta(ns, labels),
             body={
-                "spec": store.object_name.apply(
-                    lambda store_name: jwks_external_secret_spec(
-                        store_name=store_name,
-                        target_secret=render.JWKS_SECRET,
-                        secret_labels=labels,
-                    )
+                "spec": jwks_external_secret_spec(
+                    store_name=store.object_name,
+                    target_secret=render.JWKS_SECRET,
+                    secret_labels=labels,
                 )
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[store]),

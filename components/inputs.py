@@ -9,6 +9,7 @@ from __future__ import annotations
 from components.render.access import (
     AUDIT_SCHEMA,
     AUTHENTICATOR,
+    GRAPHQL_AUTHENTICATOR,
     MONITOR,
     PLATFORM_SCHEMA,
     AccessInput,
@@ -17,7 +18,6 @@ from components.render.access import (
     build_access_plan,
 )
 from components.render.alerts import AlertThresholds
-from components.render.budget import BudgetInput
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms
 from components.render.graphql_workload import NetworkInput, RouteInput
@@ -27,9 +27,7 @@ from components.render.postgraphile import PostgraphileInput
 from components.render.postgres_cluster import ClusterInput, ObjectStoreInput, object_store_name
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
-from components.settings import StackSettings
-
-GRAPHQL_AUTHENTICATOR = "postgraphile"
+from components.settings import StackSettings, budget_input
 
 
 def access_input(s: StackSettings) -> AccessInput:
@@ -257,51 +255,6 @@ def graphql_network_input(s: StackSettings) -> NetworkInput:
     )
 
 
-def budget_input(s: StackSettings) -> BudgetInput:
-    """The connection budget of the stack (components/render/budget.py).
-
-    A pool's users are the login roles that connect to it: PostgREST (``postgrest``) uses the
-    ro pool for domains reading from replicas and the rw pool for the others; the GraphQL pilot
-    (``postgraphile``) uses the rw pool.
-    """
-    from components.render.budget import ApiClients, PoolUsers
-    from components.render.pgbouncer import AUTH_USER_MAX_CONNECTIONS, RO_SUFFIX, RW_SUFFIX
-
-    rw: list[str] = []
-    ro: list[str] = []
-    if any(not d.read_from_replicas for d in s.domains.values()):
-        rw.append(AUTHENTICATOR)
-    if any(d.read_from_replicas for d in s.domains.values()):
-        ro.append(AUTHENTICATOR)
-    clients = [
-        ApiClients(name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool)
-        for name, d in s.domains.items()
-    ]
-    if s.graphql.enabled:
-        rw.append(GRAPHQL_AUTHENTICATOR)
-        clients.append(
-            ApiClients(
-                name="graphql", max_replicas=s.graphql.replicas.max, db_pool=s.graphql.db_pool
-            )
-        )
-    db = s.postgres.database
-    pg = s.pgbouncer
-    return BudgetInput(
-        max_connections=s.postgres.max_connections,
-        reserved=s.reserved_connections.model_dump(),
-        pgbouncer_replicas=pg.replicas,
-        default_pool_size=pg.default_pool_size,
-        reserve_pool_size=pg.reserve_pool_size,
-        lookup_connections=AUTH_USER_MAX_CONNECTIONS,
-        max_client_conn=pg.max_client_conn,
-        pools=(
-            PoolUsers(pool=db + RW_SUFFIX, users=tuple(rw)),
-            PoolUsers(pool=db + RO_SUFFIX, users=tuple(ro)),
-        ),
-        clients=tuple(clients),
-    )
-
-
 # -- observability and backups -----------------------------------------------------------------
 
 CLUSTER_NAME = "postgres-db"
@@ -381,3 +334,6 @@ def pgbouncer_pool_settings(s: StackSettings) -> PoolSettings:
         query_wait_timeout=pg.query_wait_timeout,
         server_tls_sslmode=pg.server_tls_sslmode,
     )
+
+
+__all__ = ["GRAPHQL_AUTHENTICATOR", "budget_input"]  # re-exported for the components

@@ -21,10 +21,23 @@ from components.render.postgres_cluster import (
     object_store_spec,
 )
 from components.settings import VaultSettings
-from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+from components.workload import VaultAccountSpec, vault_account
 
 BOOTSTRAP_SUFFIX = "bootstrap-sql"
 """``<cluster>-bootstrap-sql``: the ConfigMap with the superuser part of the SQL baseline."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseEndpoint:
+    """Where clients connect, known when the program runs (no provider computes any of it)."""
+
+    rw_host: str
+    ro_host: str
+    port: int
+    ca_secret: str | None
+    """Secret whose ``ca.crt`` verifies the server; None when none is known."""
+    cluster: str | None
+    """CloudNativePG cluster name; None for an external database."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +89,8 @@ class ManagedPostgres(pulumi.ComponentResource):
     """Kubernetes Secret whose ``ca.crt`` verifies the server certificate ("" if unknown)."""
     cluster_name: pulumi.Output[str]
     """Name of the CloudNativePG Cluster ("" in mode external)."""
+    endpoint: DatabaseEndpoint
+    """The endpoints as plain values, for manifests that must be complete at preview."""
 
     def __init__(
         self, name: str, args: ManagedPostgresArgs, opts: pulumi.ResourceOptions | None = None
@@ -85,8 +100,6 @@ class ManagedPostgres(pulumi.ComponentResource):
         meta_labels = pods.labels("postgres", "database", name)
 
         if args.cluster is None:  # mode external (ManagedPostgresArgs checked the pairing)
-            self.rw_host = pulumi.Output.from_input(args.external_rw_host or "")
-            self.ro_host = pulumi.Output.from_input(args.external_ro_host or "")
             self.admin_password = pulumi.Output.secret(args.admin_password or "")
             password = self.admin_password
         else:
@@ -98,33 +111,23 @@ class ManagedPostgres(pulumi.ComponentResource):
 
         # The admin credentials reach Kubernetes only through Vault (no Secret with a literal
         # value is ever registered, so GitOps render mode writes none to disk either).
-        account = KubeObject(
-            f"{name}-admin-sa",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=meta(args.namespace, meta_labels, name=f"{name}-admin"),
-            body={"automountServiceAccountToken": False},
-            opts=child,
-        )
-        admin_secrets = VaultSecrets(
+        admin = vault_account(
+            self,
             f"{name}-admin",
-            VaultSecretsArgs(
+            VaultAccountSpec(
+                name=f"{name}-admin",
                 namespace=args.namespace,
+                labels=meta_labels,
                 env=args.env,
                 vault=args.vault,
-                labels=meta_labels,
-                consumers=(
-                    VaultConsumer(
-                        name=f"{name}-admin",
-                        service_account=account.object_name,
-                        values={"username": args.admin_user, "password": password},
-                        secret_type="kubernetes.io/basic-auth",  # noqa: S106 - a type name
-                    ),
-                ),
+                consumer=f"{name}-admin",
+                values={"username": args.admin_user, "password": password},
+                secret_type="kubernetes.io/basic-auth",  # noqa: S106 - a type name
             ),
-            opts=child,
+            vault_name=f"{name}-admin",
         )
-        admin_secret_name = admin_secrets.secret_names[f"{name}-admin"]
+        admin_secrets = admin.secrets
+        admin_secret_name = admin.secret_name
         self.admin_secret_name = pulumi.Output.from_input(admin_secret_name)
 
         if args.cluster is not None:  # mode cnpg
@@ -159,13 +162,11 @@ class ManagedPostgres(pulumi.ComponentResource):
                     annotations=await_ready_annotations(),
                 ),
                 body={
-                    "spec": queries.object_name.apply(
-                        lambda queries_name: cluster_spec(
-                            replace(
-                                cluster_args,
-                                admin_secret=admin_secret_name,
-                                custom_queries_config_map=queries_name,
-                            )
+                    "spec": cluster_spec(
+                        replace(
+                            cluster_args,
+                            admin_secret=admin_secret_name,
+                            custom_queries_config_map=queries.object_name,
                         )
                     )
                 },
@@ -180,16 +181,30 @@ class ManagedPostgres(pulumi.ComponentResource):
                     ],
                 ),
             )
+        self.port = pulumi.Output.from_input(args.port)
+        if args.cluster is not None:
             # CloudNativePG's Services: <cluster>-rw (primary) and <cluster>-ro (replicas only).
             domain = f"{args.namespace}.svc.cluster.local"
-            self.rw_host = pulumi.Output.from_input(f"{cluster_name}-rw.{domain}")
-            self.ro_host = pulumi.Output.from_input(f"{cluster_name}-ro.{domain}")
-            self.ca_secret_name = pulumi.Output.from_input(f"{cluster_name}-ca")
-            self.cluster_name = pulumi.Output.from_input(cluster_name)
+            self.endpoint = DatabaseEndpoint(
+                rw_host=f"{cluster_name}-rw.{domain}",
+                ro_host=f"{cluster_name}-ro.{domain}",
+                port=args.port,
+                ca_secret=f"{cluster_name}-ca",
+                cluster=cluster_name,
+            )
         else:
-            self.ca_secret_name = pulumi.Output.from_input(args.external_ca_secret or "")
-            self.cluster_name = pulumi.Output.from_input("")
-        self.port = pulumi.Output.from_input(args.port)
+            self.endpoint = DatabaseEndpoint(
+                rw_host=args.external_rw_host or "",
+                ro_host=args.external_ro_host or "",
+                port=args.port,
+                ca_secret=args.external_ca_secret or None,
+                cluster=None,
+            )
+        endpoint = self.endpoint
+        self.rw_host = pulumi.Output.from_input(endpoint.rw_host)
+        self.ro_host = pulumi.Output.from_input(endpoint.ro_host)
+        self.ca_secret_name = pulumi.Output.from_input(endpoint.ca_secret or "")
+        self.cluster_name = pulumi.Output.from_input(endpoint.cluster or "")
 
         self.register_outputs(
             {

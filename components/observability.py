@@ -23,7 +23,7 @@ from components.render.dashboards import render_dashboards
 from components.render.metrics_catalog import TargetNaming, postgres_exporter_queries_yaml
 from components.render.secret_sync import wait_for_secret_container
 from components.settings import StackSettings, VaultSettings
-from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+from components.workload import VaultAccountSpec, vault_account
 
 BACKUP_RULE_GROUP = "pgplatform-backup"
 WAIT_IMAGE = "docker.io/library/busybox:1.37.0"
@@ -265,36 +265,24 @@ class ObservabilityStack(pulumi.ComponentResource):
         ns = args.namespace
         child = pulumi.ResourceOptions(parent=self)
         app_labels = render.exporter_labels()
-        account = KubeObject(
-            f"{name}-exporter-sa",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=meta(ns, app_labels),
-            body={"automountServiceAccountToken": False},
-            opts=child,
-        )
         consumer = render.POSTGRES_EXPORTER_NAME
         dsn = pulumi.Output.secret(secrets_in.password).apply(
             lambda password: render.exporter_dsn(inp, password)
         )
-        vault = VaultSecrets(
-            f"{name}-exporter-vault",
-            VaultSecretsArgs(
+        account = vault_account(
+            self,
+            f"{name}-exporter",
+            VaultAccountSpec(
+                name=render.POSTGRES_EXPORTER_NAME,
                 namespace=ns,
+                labels=app_labels,
                 env=secrets_in.env,
                 vault=secrets_in.vault,
-                consumers=(
-                    VaultConsumer(
-                        name=consumer,
-                        service_account=account.object_name,
-                        values={render.DSN_KEY: pulumi.Output.secret(dsn)},
-                    ),
-                ),
-                labels=app_labels,
+                consumer=consumer,
+                values={render.DSN_KEY: pulumi.Output.secret(dsn)},
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
-        secret_name = vault.secret_names[consumer]
+        secret_name = account.secret_name
         queries = postgres_exporter_queries_yaml()
         config = KubeObject(
             f"{name}-exporter-queries",
@@ -312,30 +300,22 @@ class ObservabilityStack(pulumi.ComponentResource):
             )
         ]
 
-        def deployment_spec(parts: list[Any]) -> dict[str, Any]:
-            config_map, service_account, checksum = parts
-            spec = render.exporter_deployment_spec(
-                inp,
-                queries_config_map=str(config_map),
-                secret_name=secret_name,
-                queries_checksum=content_checksum(queries),
-                secrets_checksum=str(checksum),
-                init_containers=init,
-            )
-            spec["template"]["spec"]["serviceAccountName"] = str(service_account)
-            return spec
-
+        spec = render.exporter_deployment_spec(
+            inp,
+            queries_config_map=config.object_name,
+            secret_name=secret_name,
+            queries_checksum=content_checksum(queries),
+            secrets_checksum=account.checksum,
+            init_containers=init,
+        )
+        spec["template"]["spec"]["serviceAccountName"] = account.service_account_name
         KubeObject(
             f"{name}-exporter",
             api_version="apps/v1",
             kind="Deployment",
-            metadata=meta(ns, app_labels),
-            body={
-                "spec": pulumi.Output.all(
-                    config.object_name, account.object_name, vault.checksums[consumer]
-                ).apply(deployment_spec)
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, vault]),
+            metadata=meta(ns, app_labels, name=render.POSTGRES_EXPORTER_NAME),
+            body={"spec": spec},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, account.secrets]),
         )
         KubeObject(
             f"{name}-exporter-service",
@@ -349,7 +329,7 @@ class ObservabilityStack(pulumi.ComponentResource):
             f"{name}-exporter-netpol",
             api_version="networking.k8s.io/v1",
             kind="NetworkPolicy",
-            metadata=meta(ns, app_labels),
+            metadata=meta(ns, app_labels, name=render.POSTGRES_EXPORTER_NAME),
             body={"spec": render.exporter_network_policy_spec(inp)},
             opts=child,
         )

@@ -8,11 +8,11 @@ from typing import Any
 import pulumi
 import pulumi_random as random
 
-from components.k8s import KubeObject, meta
+from components.managed_postgres import DatabaseEndpoint
 from components.render import pgbouncer_pool as render
 from components.render.pgbouncer import INI_FILE, RO_SUFFIX, RW_SUFFIX, render_pgbouncer_ini
 from components.settings import VaultSettings
-from components.vault_secrets import VaultConsumer, VaultSecrets, VaultSecretsArgs
+from components.workload import StatelessWorkload, VaultAccountSpec, WorkloadRefs, deploy
 
 CONSUMER = "pgbouncer"
 """Vault consumer (KV path, policy, role) and Secret ``pgbouncer-secrets``."""
@@ -24,16 +24,11 @@ class PgBouncerPoolArgs:
     """Pooler manifests, pool settings, the database endpoints and where passwords come from."""
 
     spec: render.PgBouncerPoolSpec
-    """Manifest inputs; ``server_ca_secret`` and ``database`` egress come from the fields below."""
+    """Manifest inputs; ``server_ca_secret`` and ``database`` egress come from ``endpoint``."""
     pool: render.PoolSettings
     database: str
-    rw_host: pulumi.Input[str]
-    ro_host: pulumi.Input[str]
-    port: pulumi.Input[int]
-    ca_secret: pulumi.Input[str]
-    """Secret holding the database CA as ``ca.crt`` ("" when none is known)."""
-    cluster_name: pulumi.Input[str]
-    """CloudNativePG cluster the pooler may reach ("" for an external database)."""
+    endpoint: DatabaseEndpoint
+    """Hosts, port, CA Secret and cluster of the database (ManagedPostgres.endpoint)."""
     auth_password: pulumi.Input[str]
     """Password of ``pgbouncer_auth`` (DatabaseAccess), delivered through Vault."""
     env: str
@@ -42,8 +37,7 @@ class PgBouncerPoolArgs:
     def __post_init__(self) -> None:
         if self.spec.server_ca_secret is not None or self.spec.database is not None:
             raise ValueError(
-                "spec.server_ca_secret/spec.database: leave unset, they follow from ca_secret, "
-                "port and cluster_name (which may be Outputs)"
+                "spec.server_ca_secret/spec.database: leave unset, they follow from endpoint"
             )
         if not self.env:
             raise ValueError("env: the stack name is required (part of the Vault path)")
@@ -70,7 +64,7 @@ class PgBouncerPool(pulumi.ComponentResource):
     config_map_name: pulumi.Output[str]
     """Generated name of the ConfigMap holding ``pgbouncer.ini``."""
     deployment_name: pulumi.Output[str]
-    """Generated name of the Deployment."""
+    """Name of the Deployment (``pgbouncer``)."""
     secret_name: pulumi.Output[str]
     """Kubernetes Secret (from Vault) with the lookup and stats passwords."""
 
@@ -80,112 +74,58 @@ class PgBouncerPool(pulumi.ComponentResource):
         super().__init__("pgplatform:index:PgBouncerPool", name, None, opts)
         ns = args.spec.namespace
         labels = render.labels()
-        child = pulumi.ResourceOptions(parent=self)
-
-        account = KubeObject(
-            f"{name}-sa",
-            api_version="v1",
-            kind="ServiceAccount",
-            metadata=meta(ns, labels),
-            body=render.service_account_body(),
-            opts=child,
-        )
         stats_password = random.RandomPassword(
-            f"{name}-stats-password", length=STATS_PASSWORD_LENGTH, special=False, opts=child
+            f"{name}-stats-password",
+            length=STATS_PASSWORD_LENGTH,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
         )
-        secrets = VaultSecrets(
-            f"{name}-vault",
-            VaultSecretsArgs(
-                namespace=ns,
-                env=args.env,
-                vault=args.vault,
-                consumers=(
-                    VaultConsumer(
-                        name=CONSUMER,
-                        service_account=account.object_name,
-                        values={
-                            render.AUTH_PASSWORD_KEY: pulumi.Output.secret(args.auth_password),
-                            render.STATS_PASSWORD_KEY: pulumi.Output.secret(stats_password.result),
-                        },
-                    ),
-                ),
-                labels=labels,
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
-        )
-        secret_name = secrets.secret_names[CONSUMER]
+        ini, spec = _resolve(args)
+        ini_checksum = render.ini_checksum(ini)
 
-        # The endpoints are Outputs; the ini and the spec depend on them.
-        resolved = pulumi.Output.all(
-            args.rw_host, args.ro_host, args.port, args.ca_secret, args.cluster_name
-        ).apply(lambda values: _resolve(args, values))
-        ini = resolved.apply(lambda r: r[0])
-        spec = resolved.apply(lambda r: r[1])
-
-        config = KubeObject(
-            f"{name}-config",
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=meta(ns, labels),
-            body={"data": ini.apply(lambda text: {INI_FILE: text})},
-            opts=child,
-        )
-
-        def deployment_spec(parts: list[Any]) -> dict[str, Any]:
-            pool_spec, config_map, service_account, ini_text, secrets_checksum = parts
-            body = render.deployment_body(
-                pool_spec,
-                config_map=str(config_map),
-                service_account=str(service_account),
-                secret_name=secret_name,
-                ini_checksum=render.ini_checksum(str(ini_text)),
-                secrets_checksum=str(secrets_checksum),
+        def deployment(refs: WorkloadRefs) -> dict[str, Any]:
+            return render.deployment_body(
+                spec,
+                config_map=refs.config_map,
+                service_account=refs.service_account,
+                secret_name=refs.secret_name,
+                ini_checksum=ini_checksum,
+                secrets_checksum=refs.secrets_checksum,
             )
-            return dict(body["spec"])
 
-        deployment = KubeObject(
-            f"{name}-deployment",
-            api_version="apps/v1",
-            kind="Deployment",
-            metadata=meta(ns, labels),
-            body={
-                "spec": pulumi.Output.all(
-                    spec, config.object_name, account.object_name, ini, secrets.checksums[CONSUMER]
-                ).apply(deployment_spec)
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, secrets]),
-        )
-        KubeObject(
-            f"{name}-service",
-            api_version="v1",
-            kind="Service",
-            metadata=meta(ns, labels, name=render.SERVICE_NAME),
-            body=render.service_body(),
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-pdb",
-            api_version="policy/v1",
-            kind="PodDisruptionBudget",
-            metadata=meta(ns, labels),
-            body=render.pdb_body(args.spec),
-            opts=child,
-        )
-        KubeObject(
-            f"{name}-netpol",
-            api_version="networking.k8s.io/v1",
-            kind="NetworkPolicy",
-            metadata=meta(ns, labels),
-            body={"spec": spec.apply(lambda s: render.network_policy_body(s)["spec"])},
-            opts=child,
+        workload = deploy(
+            self,
+            name,
+            StatelessWorkload(
+                name=render.SERVICE_NAME,
+                account=VaultAccountSpec(
+                    name=render.SERVICE_NAME,
+                    namespace=ns,
+                    labels=labels,
+                    env=args.env,
+                    vault=args.vault,
+                    consumer=CONSUMER,
+                    values={
+                        render.AUTH_PASSWORD_KEY: pulumi.Output.secret(args.auth_password),
+                        render.STATS_PASSWORD_KEY: pulumi.Output.secret(stats_password.result),
+                    },
+                    body=render.service_account_body(),
+                ),
+                config={INI_FILE: ini},
+                deployment=deployment,
+                service_name=render.SERVICE_NAME,
+                service=render.service_body(),
+                pdb=render.pdb_body(spec),
+                network_policy=render.network_policy_body(spec),
+            ),
         )
 
         self.host = pulumi.Output.from_input(f"{render.SERVICE_NAME}.{ns}.svc.cluster.local")
         self.rw_pool = pulumi.Output.from_input(args.database + RW_SUFFIX)
         self.ro_pool = pulumi.Output.from_input(args.database + RO_SUFFIX)
-        self.config_map_name = config.object_name
-        self.deployment_name = deployment.object_name
-        self.secret_name = pulumi.Output.from_input(secret_name)
+        self.config_map_name = workload.config.object_name
+        self.deployment_name = workload.deployment.object_name
+        self.secret_name = pulumi.Output.from_input(workload.secret_name)
         self.register_outputs(
             {
                 "host": self.host,
@@ -198,22 +138,21 @@ class PgBouncerPool(pulumi.ComponentResource):
         )
 
 
-def _resolve(args: PgBouncerPoolArgs, values: list[Any]) -> tuple[str, render.PgBouncerPoolSpec]:
-    """The ini and the manifest spec once the database endpoints are known."""
-    rw_host, ro_host, port, ca_secret, cluster = values
-    ca = str(ca_secret) or None
+def _resolve(args: PgBouncerPoolArgs) -> tuple[str, render.PgBouncerPoolSpec]:
+    """The ini and the manifest spec for the database endpoints."""
+    endpoint = args.endpoint
     verifies = args.pool.server_tls_sslmode in ("verify-ca", "verify-full")
     inp = render.ini_input(
         args.pool,
         database=args.database,
-        rw_host=str(rw_host),
-        ro_host=str(ro_host),
-        port=int(port),
-        ca_known=ca is not None,
+        rw_host=endpoint.rw_host,
+        ro_host=endpoint.ro_host,
+        port=endpoint.port,
+        ca_known=endpoint.ca_secret is not None,
     )
     spec = replace(
         args.spec,
-        server_ca_secret=ca if verifies else None,
-        database=render.DatabaseEgress(port=int(port), cluster=str(cluster) or None),
+        server_ca_secret=endpoint.ca_secret if verifies else None,
+        database=render.DatabaseEgress(port=endpoint.port, cluster=endpoint.cluster),
     )
     return render_pgbouncer_ini(inp), spec

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,9 @@ from pydantic.alias_generators import to_camel
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
 from components.render import durations, schedules
 from components.render.postgrest import validate_role_claim_key
+
+if TYPE_CHECKING:
+    from components.render.budget import BudgetInput
 
 NAMESPACE: Final = "pgplatform"
 
@@ -802,11 +805,56 @@ def _pgbouncer_checks(s: StackSettings) -> list[ConfigProblem]:
 def _budget_checks(s: StackSettings) -> list[ConfigProblem]:
     """Connection budget (components/render/budget.py): pools + reserved <= max_connections,
     and every API's connections at full scale <= what the PgBouncer replicas accept."""
-    from components import inputs
     from components.render.budget import compute_budget
 
-    budget = compute_budget(inputs.budget_input(s))
+    budget = compute_budget(budget_input(s))
     return [_problem(problem.key, problem.message) for problem in budget.problems]
+
+
+def budget_input(s: StackSettings) -> BudgetInput:
+    """The connection budget of the stack (components/render/budget.py).
+
+    A pool's users are the login roles that connect to it: PostgREST (``postgrest``) uses the
+    ro pool for domains reading from replicas and the rw pool for the others; the GraphQL pilot
+    (``postgraphile``) uses the rw pool.
+    """
+    from components.render.access import AUTHENTICATOR, GRAPHQL_AUTHENTICATOR
+    from components.render.budget import ApiClients, BudgetInput, PoolUsers
+    from components.render.pgbouncer import AUTH_USER_MAX_CONNECTIONS, RO_SUFFIX, RW_SUFFIX
+
+    rw: list[str] = []
+    ro: list[str] = []
+    if any(not d.read_from_replicas for d in s.domains.values()):
+        rw.append(AUTHENTICATOR)
+    if any(d.read_from_replicas for d in s.domains.values()):
+        ro.append(AUTHENTICATOR)
+    clients = [
+        ApiClients(name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool)
+        for name, d in s.domains.items()
+    ]
+    if s.graphql.enabled:
+        rw.append(GRAPHQL_AUTHENTICATOR)
+        clients.append(
+            ApiClients(
+                name="graphql", max_replicas=s.graphql.replicas.max, db_pool=s.graphql.db_pool
+            )
+        )
+    db = s.postgres.database
+    pg = s.pgbouncer
+    return BudgetInput(
+        max_connections=s.postgres.max_connections,
+        reserved=s.reserved_connections.model_dump(),
+        pgbouncer_replicas=pg.replicas,
+        default_pool_size=pg.default_pool_size,
+        reserve_pool_size=pg.reserve_pool_size,
+        lookup_connections=AUTH_USER_MAX_CONNECTIONS,
+        max_client_conn=pg.max_client_conn,
+        pools=(
+            PoolUsers(pool=db + RW_SUFFIX, users=tuple(rw)),
+            PoolUsers(pool=db + RO_SUFFIX, users=tuple(ro)),
+        ),
+        clients=tuple(clients),
+    )
 
 
 def _graphql_checks(s: StackSettings) -> list[ConfigProblem]:

@@ -66,8 +66,9 @@ class VaultConsumer:
 
     name: str
     """DNS label, e.g. ``identity-postgrest``; names the KV path, policy, role and Secret."""
-    service_account: pulumi.Input[str]
-    """ServiceAccount (in the namespace) bound to the Vault role; the store authenticates as it."""
+    service_account: str
+    """ServiceAccount (in the namespace) bound to the Vault role; the store authenticates as it.
+    A fixed name: the role, the store and the pods refer to it, known before anything exists."""
     values: Mapping[str, pulumi.Input[str]]
     """Secret key -> value; each key is both the KV field and the Kubernetes Secret key."""
     secret_type: str | None = None
@@ -76,6 +77,12 @@ class VaultConsumer:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _CONSUMER.fullmatch(self.name):
             raise ValueError(f"VaultConsumer.name: must be a DNS label, got {self.name!r}")
+        if not isinstance(self.service_account, str) or not _CONSUMER.fullmatch(
+            self.service_account
+        ):
+            raise ValueError(
+                f"VaultConsumer.service_account: must be a DNS label, got {self.service_account!r}"
+            )
         if not self.values:
             raise ValueError(f"VaultConsumer.values: {self.name!r} needs at least one value")
         for key in self.values:
@@ -202,15 +209,13 @@ class VaultSecrets(pulumi.ComponentResource):
             kind="SecretStore",
             metadata=meta(args.namespace, labels),
             body={
-                "spec": pulumi.Output.from_input(consumer.service_account).apply(
-                    lambda sa: vault_secret_store_spec(
-                        server=args.vault.address,
-                        mount=path.mount,
-                        auth_role=path.policy_name,
-                        service_account=sa,
-                        auth_mount_path=args.vault.kubernetes_auth_path,
-                        audiences=(VAULT_AUDIENCE,),
-                    )
+                "spec": vault_secret_store_spec(
+                    server=args.vault.address,
+                    mount=path.mount,
+                    auth_role=path.policy_name,
+                    service_account=consumer.service_account,
+                    auth_mount_path=args.vault.kubernetes_auth_path,
+                    audiences=(VAULT_AUDIENCE,),
                 )
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[role]),
@@ -230,15 +235,13 @@ class VaultSecrets(pulumi.ComponentResource):
                 "annotations": {SECRETS_CHECKSUM_ANNOTATION: checksum},
             },
             body={
-                "spec": store.object_name.apply(
-                    lambda store_name: external_secret_spec(
-                        store_name=store_name,
-                        target_secret=secret_name,
-                        data=refs,
-                        refresh_interval=args.vault.refresh_interval,
-                        secret_labels=labels,
-                        secret_type=consumer.secret_type,
-                    )
+                "spec": external_secret_spec(
+                    store_name=store.object_name,
+                    target_secret=secret_name,
+                    data=refs,
+                    refresh_interval=args.vault.refresh_interval,
+                    secret_labels=labels,
+                    secret_type=consumer.secret_type,
                 )
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[kv, store]),

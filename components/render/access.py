@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 AUTHENTICATOR: Final = "postgrest"
+GRAPHQL_AUTHENTICATOR: Final = "postgraphile"
 POOLER_LOOKUP: Final = "pgbouncer_auth"
 MONITOR: Final = "pgplatform_monitor"
 """Login role of the postgres exporter in external mode (CloudNativePG runs its own)."""

@@ -85,7 +85,8 @@ def dns_name(domain: str) -> str:
 
 
 def service_name(domain: str) -> str:
-    """Service of a domain API: ``<domain>-api`` (the stable in-cluster DNS name)."""
+    """``<domain>-api``: the name of the API's Service (its in-cluster DNS name), Deployment,
+    ServiceAccount, autoscaler, budget, policy and route, as operators and runbooks type it."""
     return f"{dns_name(domain)}-api"
 
 
@@ -322,11 +323,11 @@ def deployment_body(
     spec: DomainApiSpec,
     *,
     conf: PostgrestConfInput,
-    config_map: str,
+    config_map: pods.Placed,
     service_account: str,
     secret_name: str,
     conf_checksum: str,
-    secrets_checksum: str,
+    secrets_checksum: pods.Placed,
 ) -> dict[str, Any]:
     """``spec`` of the PostgREST Deployment (pod: wait-for-secrets, postgrest, two reloaders)."""
     sel = selector(spec.domain)

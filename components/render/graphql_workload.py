@@ -112,8 +112,9 @@ class GraphqlWorkloadInput:
     """The pod and its autoscaling; ``postgraphile`` already names the Secrets it reads."""
 
     postgraphile: pgr.PostgraphileInput
-    config_map: str
-    """ConfigMap holding :func:`config_map_data` (mounted at ``config_dir`` and into app_dir)."""
+    config_map: pods.Placed
+    """ConfigMap holding :func:`config_map_data` (mounted at ``config_dir`` and into app_dir);
+    a generated name, so possibly a reference the engine fills in."""
     service_account: str
     secret_name: str
     """The consumer's Secret (password, HS256 secret); the pod waits until it is in sync."""
@@ -127,14 +128,16 @@ class GraphqlWorkloadInput:
     cpu_target: int = 70
     config_checksum: str
     """:func:`components.render.checksum.content_checksum` of the ConfigMap: new files roll."""
-    secrets_checksum: str
-    """The consumer's keyed checksum of its secret values: a rotated value rolls the pods."""
+    secrets_checksum: pods.Placed
+    """The consumer's keyed checksum of its secret values: a rotated value rolls the pods
+    (a reference to the value, unknown at preview while a secret value is)."""
 
     def __post_init__(self) -> None:
         self._check_secrets()
         for name in ("config_map", "service_account", "secret_name", "jwks_secret"):
             value = getattr(self, name)
-            if value is not None and not _HOSTNAME.match(value):
+            # A value that is not a str is a reference the engine resolves (placed, not read).
+            if isinstance(value, str) and not _HOSTNAME.match(value):
                 raise ValueError(f"{name}: {value!r} is not a Kubernetes object name")
         for name in ("image", "wait_image"):
             image = getattr(self, name)
@@ -150,7 +153,8 @@ class GraphqlWorkloadInput:
         if not 10 <= self.cpu_target <= 95:
             raise ValueError(f"cpu_target: {self.cpu_target} is not within 10..95")
         for name in ("config_checksum", "secrets_checksum"):
-            if not re.fullmatch(r"[0-9a-f]{64}", getattr(self, name)):
+            value = getattr(self, name)
+            if isinstance(value, str) and not re.fullmatch(r"[0-9a-f]{64}", value):
                 raise ValueError(f"{name}: must be a sha256 hex digest")
 
     def _check_secrets(self) -> None:

@@ -174,10 +174,10 @@ def exporter_selector() -> dict[str, str]:
 def exporter_deployment_spec(
     inp: ExporterInput,
     *,
-    queries_config_map: str,
+    queries_config_map: pods.Placed,
     secret_name: str,
     queries_checksum: str,
-    secrets_checksum: str,
+    secrets_checksum: pods.Placed,
     init_containers: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Deployment ``spec``: one exporter, hardened, DSN from the Secret, queries from a file."""

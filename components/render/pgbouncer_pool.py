@@ -233,11 +233,11 @@ def _exporter_container(spec: PgBouncerPoolSpec, secret_name: str) -> dict[str, 
 def deployment_body(
     spec: PgBouncerPoolSpec,
     *,
-    config_map: str,
+    config_map: pods.Placed,
     service_account: str,
     secret_name: str,
     ini_checksum: str,
-    secrets_checksum: str,
+    secrets_checksum: pods.Placed,
 ) -> dict[str, Any]:
     """``spec`` of the Deployment: wait-for-secrets, userlist, then pgbouncer + exporter."""
     security = pods.container_security_context(spec.uid)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
+
+Placed: TypeAlias = object
+"""A leaf a builder places into a manifest but never reads: a plain value in the tests and
+builders, or, from a component, a ``pulumi.Input`` the engine may only know once it has created
+another object (a generated name, a checksum of a secret). Keeping such values single leaves is
+what lets a preview show, and the policy pack check, everything else of the object."""
 
 PART_OF = "pgplatform"
 MANAGED_BY = "pulumi"

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from components.render import pods
+
 # PostgreSQL 15.18 is the minor release the integration tests run against (Debian 12).
 POSTGRES_IMAGE: Final = "ghcr.io/cloudnative-pg/postgresql:15.18-standard-bookworm"
 CNPG_API_VERSION: Final = "postgresql.cnpg.io/v1"
@@ -208,7 +210,7 @@ class ClusterInput:
     resources: dict[str, dict[str, str]]
     image: str = POSTGRES_IMAGE
     backup: ObjectStoreInput | None = None
-    custom_queries_config_map: str | None = None
+    custom_queries_config_map: pods.Placed | None = None
     """ConfigMap (key ``queries.yaml``) with the platform's extra monitoring queries."""
     post_init_application_sql: tuple[str, str] | None = None
     """(ConfigMap, key) of SQL run once as superuser in the new application database

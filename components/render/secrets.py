@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from components.render.pods import Placed
+
 EXTERNAL_SECRETS_API_VERSION = "external-secrets.io/v1"
 KV_PREFIX = "pgplatform"
 JWKS_FILE_KEY = "jwks.json"
@@ -240,7 +242,7 @@ _SECRET_TYPE = re.compile(r"^[a-z0-9.-]+(/[A-Za-z0-9.-]+)?$")
 
 def external_secret_spec(
     *,
-    store_name: str,
+    store_name: Placed,
     target_secret: str,
     data: Sequence[SecretKeyRef],
     refresh_interval: str = "1h",
@@ -258,7 +260,8 @@ def external_secret_spec(
     missing, so a provider hiccup cannot delete the credentials a running pod relies on.
     """
     where = "external_secret_spec"
-    _check(_DNS_SUBDOMAIN, f"{where}.store_name", store_name, "a Kubernetes object name")
+    if isinstance(store_name, str):  # else a reference to a generated name, placed as is
+        _check(_DNS_SUBDOMAIN, f"{where}.store_name", store_name, "a Kubernetes object name")
     _check(_DNS_SUBDOMAIN, f"{where}.target_secret", target_secret, "a Kubernetes object name")
     if store_kind not in ("SecretStore", "ClusterSecretStore"):
         raise ValueError(f"{where}.store_kind: must be SecretStore/ClusterSecretStore")
@@ -328,7 +331,7 @@ def jwks_secret_store_spec(
 
 def jwks_external_secret_spec(
     *,
-    store_name: str,
+    store_name: Placed,
     target_secret: str,
     refresh_interval: str = "15m",
     secret_labels: Mapping[str, str] | None = None,

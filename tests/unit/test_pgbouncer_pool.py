@@ -11,6 +11,7 @@ import kubernetes_validate
 import pytest
 
 from components import inputs
+from components.managed_postgres import DatabaseEndpoint
 from components.pgbouncer_pool import PgBouncerPoolArgs
 from components.render import pgbouncer_pool as render
 from components.render import pods
@@ -218,11 +219,9 @@ def test_args_refuse_fields_that_follow_from_the_database() -> None:
             spec=spec(),
             pool=POOL,
             database="app",
-            rw_host="a",
-            ro_host="b",
-            port=5432,
-            ca_secret="",
-            cluster_name="",
+            endpoint=DatabaseEndpoint(
+                rw_host="a", ro_host="b", port=5432, ca_secret=None, cluster=None
+            ),
             auth_password="x",
             env="staging",
             vault=None,  # type: ignore[arg-type]
