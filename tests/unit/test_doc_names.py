@@ -10,7 +10,6 @@ staging and prod (and of an external-database prod for the objects only that mod
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_program, stack_config
+from tests.unit.test_observability import EXTERNAL
 from tools.mocks import RecordingMocks
 
 pytestmark = pytest.mark.unit
@@ -72,20 +72,6 @@ exporter exists for an external database only, the restore check where backups a
 JWKS Secrets where tokens are verified with the identity provider's keys (auth.mode jwks)."""
 CREATED_BY_THE_PROCEDURE = frozenset({"Cluster/postgres-db-pitr"})
 """docs/backups.md creates this recovery cluster itself (``kubectl create -f recovery.json``)."""
-
-EXTERNAL = {
-    "pgplatform:postgres": json.dumps(
-        {
-            "mode": "external",
-            "host": "db.example.internal",
-            "roHost": "db-ro.example.internal",
-            "sslmode": "verify-full",
-            "caSecret": "db-ca",
-        }
-    ),
-    "pgplatform:postgresAdminPassword": "external-admin-password-for-tests",
-    "pgplatform:backup": json.dumps({"enabled": False}),
-}
 
 
 @dataclass(frozen=True)
