@@ -38,6 +38,8 @@ class DatabaseEndpoint:
     """Secret whose ``ca.crt`` verifies the server; None when none is known."""
     cluster: str | None
     """CloudNativePG cluster name; None for an external database."""
+    admin_secret: str
+    """basic-auth Secret of the admin role (synced from Vault)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +193,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 port=args.port,
                 ca_secret=f"{cluster_name}-ca",
                 cluster=cluster_name,
+                admin_secret=admin_secret_name,
             )
         else:
             self.endpoint = DatabaseEndpoint(
@@ -199,6 +202,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 port=args.port,
                 ca_secret=args.external_ca_secret or None,
                 cluster=None,
+                admin_secret=admin_secret_name,
             )
         endpoint = self.endpoint
         self.rw_host = pulumi.Output.from_input(endpoint.rw_host)

@@ -151,11 +151,7 @@ def build_platform(s: StackSettings) -> Platform:
             database=pg.database,
             sslmode=pg.sslmode,
             exposed_schemas=inputs.exposed_schemas(s),
-            host=database.rw_host,
-            port=database.port,
-            admin_secret=database.admin_secret_name,
-            ca_secret=database.ca_secret_name,
-            cluster_name=database.cluster_name,
+            endpoint=database.endpoint,
         ),
         opts=after(access),
     )

@@ -8,7 +8,6 @@ and the plugin's ``ObjectStore``); this component adds what runs on a schedule a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 
@@ -95,7 +94,8 @@ class PostgresBackups(pulumi.ComponentResource):
             f"{name}-restore-check-sa",
             api_version="v1",
             kind="ServiceAccount",
-            metadata=meta(ns, labels),
+            # Fixed name (the CronJob's): the admission policy names it in its match condition.
+            metadata=meta(ns, labels, name=check.cronjob_name),
             # Only the Job's pod mounts a token (it asks for one explicitly).
             body={"automountServiceAccountToken": False},
             opts=child,
@@ -131,23 +131,15 @@ class PostgresBackups(pulumi.ComponentResource):
             api_version=ADMISSION_API_VERSION,
             kind="ValidatingAdmissionPolicy",
             metadata={"labels": labels},
-            body={
-                "spec": account.object_name.apply(
-                    lambda sa: render.admission_policy_spec(check, sa)
-                )
-            },
-            opts=child,
+            body={"spec": render.admission_policy_spec(check, check.cronjob_name)},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
         policy_binding = KubeObject(
             f"{name}-restore-check-policy-binding",
             api_version=ADMISSION_API_VERSION,
             kind="ValidatingAdmissionPolicyBinding",
             metadata={"labels": labels},
-            body={
-                "spec": policy.object_name.apply(
-                    lambda policy_name: render.admission_binding_spec(check, policy_name)
-                )
-            },
+            body={"spec": render.admission_binding_spec(check, policy.object_name)},
             opts=child,
         )
         KubeObject(
@@ -159,12 +151,6 @@ class PostgresBackups(pulumi.ComponentResource):
             opts=child,
         )
 
-        def cronjob_spec(parts: list[Any]) -> dict[str, Any]:
-            config_map, service_account = parts
-            return render.cronjob_spec(
-                check, config_map=str(config_map), service_account=str(service_account)
-            )
-
         cronjob = KubeObject(
             f"{name}-restore-check",
             api_version="batch/v1",
@@ -172,12 +158,14 @@ class PostgresBackups(pulumi.ComponentResource):
             # Fixed name: RestoreVerificationFailed/-Stale select the CronJob and its Jobs by it.
             metadata=meta(ns, labels, name=check.cronjob_name),
             body={
-                "spec": pulumi.Output.all(files.object_name, account.object_name).apply(
-                    cronjob_spec
+                "spec": render.cronjob_spec(
+                    check, config_map=files.object_name, service_account=check.cronjob_name
                 )
             },
             # The policy must be in force before the first Job may create a Cluster.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[policy_binding, backup]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[policy_binding, backup, account, files]
+            ),
         )
 
         self.scheduled_backup_name = backup.object_name

@@ -18,11 +18,11 @@ Who applies what (docs/database.md, "Superuser-only statements"):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 
 from components.k8s import KubeObject, meta
+from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job as render
 from components.render.baseline import bundle_checksum, job_bundle
 from components.render.pgbouncer_pool import DatabaseEgress
@@ -37,14 +37,8 @@ class SqlBaselineArgs:
     sslmode: str
     """libpq sslmode towards the database (``postgres.sslmode``)."""
     exposed_schemas: tuple[str, ...]
-    host: pulumi.Input[str]
-    port: pulumi.Input[int]
-    admin_secret: pulumi.Input[str]
-    """basic-auth Secret of the admin role (ManagedPostgres.admin_secret_name)."""
-    ca_secret: pulumi.Input[str]
-    """Secret with the server CA as ``ca.crt``; "" when none is known."""
-    cluster_name: pulumi.Input[str]
-    """CloudNativePG cluster ("" for an external database): the Job's egress target."""
+    endpoint: DatabaseEndpoint
+    """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
 
     def __post_init__(self) -> None:
         if not self.exposed_schemas:
@@ -82,22 +76,13 @@ class SqlBaseline(pulumi.ComponentResource):
             body={"data": bundle},
             opts=child,
         )
-        spec = pulumi.Output.all(
-            args.host, args.port, args.admin_secret, args.ca_secret, args.cluster_name
-        ).apply(lambda values: _resolve(args, values))
-
-        def job_spec(parts: list[Any]) -> dict[str, Any]:
-            job, config_map = parts
-            return dict(
-                render.job_body(job, config_map=str(config_map), bundle_checksum=checksum)["spec"]
-            )
-
+        spec = _resolve(args)
         job = KubeObject(
             f"{name}-job-{render.job_suffix(checksum)}",
             api_version="batch/v1",
             kind="Job",
             metadata=meta(ns, labels),
-            body={"spec": pulumi.Output.all(spec, config.object_name).apply(job_spec)},
+            body=render.job_body(spec, config_map=config.object_name, bundle_checksum=checksum),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[config]),
         )
         KubeObject(
@@ -105,7 +90,7 @@ class SqlBaseline(pulumi.ComponentResource):
             api_version="networking.k8s.io/v1",
             kind="NetworkPolicy",
             metadata=meta(ns, labels),
-            body={"spec": spec.apply(lambda s: render.network_policy_body(s)["spec"])},
+            body=render.network_policy_body(spec),
             opts=child,
         )
 
@@ -121,15 +106,15 @@ class SqlBaseline(pulumi.ComponentResource):
         )
 
 
-def _resolve(args: SqlBaselineArgs, values: list[Any]) -> render.BaselineJobSpec:
-    host, port, admin_secret, ca_secret, cluster = values
+def _resolve(args: SqlBaselineArgs) -> render.BaselineJobSpec:
+    endpoint = args.endpoint
     return render.BaselineJobSpec(
         namespace=args.namespace,
-        host=str(host),
-        port=int(port),
+        host=endpoint.rw_host,
+        port=endpoint.port,
         database=args.database,
         sslmode=args.sslmode,
-        admin_secret=str(admin_secret),
-        ca_secret=(str(ca_secret) or None) if args.sslmode.startswith("verify") else None,
-        egress=DatabaseEgress(port=int(port), cluster=str(cluster) or None),
+        admin_secret=endpoint.admin_secret,
+        ca_secret=endpoint.ca_secret if args.sslmode.startswith("verify") else None,
+        egress=DatabaseEgress(port=endpoint.port, cluster=endpoint.cluster),
     )

@@ -21,9 +21,13 @@ def pulumi_mocks() -> Iterator[Callable[..., recording.RecordingMocks]]:
     import pulumi
 
     def install(
-        stack: str, config: Mapping[str, str], secret_keys: list[str] | None = None
+        stack: str,
+        config: Mapping[str, str],
+        secret_keys: list[str] | None = None,
+        *,
+        preview: bool = False,
     ) -> recording.RecordingMocks:
-        mocks = recording.install(stack)
+        mocks = recording.install(stack, preview=preview)
         pulumi.runtime.set_all_config(dict(config), secret_keys or [])
         return mocks
 
@@ -41,14 +45,16 @@ def run_program(
     stack: str,
     config: Mapping[str, str] | None = None,
     secret_keys: list[str] | None = None,
+    *,
+    preview: bool = False,
 ) -> recording.RecordingMocks:
-    """Run settings + build_platform under mocks and wait for every registration."""
+    """Run settings + build_platform under mocks (``preview``: as a first preview sees it)."""
     from components.platform import build_platform
     from components.settings import load_settings
 
     if config is None:
         config, secret_keys = stack_config(stack)
-    mocks = install(stack, config, secret_keys)
+    mocks = install(stack, config, secret_keys, preview=preview)
     try:
         build_platform(load_settings())
     finally:

@@ -6,6 +6,14 @@
 - ``random`` passwords return a deterministic value marked secret;
 - custom resources keep their ``spec``;
 - the ``protect`` and ``retain_on_delete`` options each registration carries are kept.
+
+Preview mode (``install(stack, preview=True)``) answers like the engine on the first
+``pulumi preview`` of a stack: the SDK runs with ``dry_run``, so an ``Output`` that is not known
+is sent as the engine's unknown marker and ``apply`` callbacks on it never run; the mocks
+return every input as the planned output, except what a provider computes when it creates the
+resource, which stays unknown: generated ``metadata.name``s and ``random`` results. Whatever is
+derived from those (a checksum of a generated password, a reference to a generated name) is
+unknown too, exactly as far as the program lets it spread.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pulumi import output as pulumi_output
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import resource as runtime_resource
 from pulumi.runtime import rpc
@@ -27,6 +36,8 @@ from pulumi.runtime.proto import source_pb2
 SECRET_SIG = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
 SECRET_MARK = rpc._special_secret_sig  # "1b47061264138c4ac30d75fd1eb44270"
 REDACTED = "[secret]"
+UNKNOWN = "[unknown]"
+"""How the preview render writes a value not known until the resource is created."""
 
 
 @dataclass
@@ -48,6 +59,8 @@ class Recorded:
     parent_urn: str = ""
     dependencies: tuple[str, ...] = ()
     """URNs the engine orders it after (``depends_on`` and the resources its inputs came from)."""
+    aliases: tuple[str, ...] = ()
+    """URNs of earlier registrations this one takes over (its ``aliases`` option)."""
 
     @property
     def custom(self) -> bool:
@@ -70,7 +83,8 @@ def is_secret(value: Any) -> bool:
 class RecordingMocks(pulumi.runtime.Mocks):
     """Answers registrations like the providers would, and keeps them for inspection."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, preview: bool = False) -> None:
+        self.preview = preview
         self.resources: list[Recorded] = []
         # What the plain mock arguments drop of the registration being answered (parent,
         # provider, options), set by RecordingMonitor. The SDK calls the monitor from a pool of
@@ -85,13 +99,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         protect: bool,
         retain_on_delete: bool,
         graph: tuple[str, str, tuple[str, ...]] = ("", "", ()),
+        aliases: tuple[str, ...] = (),
     ) -> None:
         """``graph``: the registration's URN, its parent's URN and its dependencies."""
-        self._registering.value = (parent, provider, protect, retain_on_delete, graph)
+        self._registering.value = (parent, provider, protect, retain_on_delete, graph, aliases)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        parent, provider, protect, retain, (urn, parent_urn, dependencies) = getattr(
-            self._registering, "value", (None, "", False, False, ("", "", ()))
+        parent, provider, protect, retain, (urn, parent_urn, dependencies), aliases = getattr(
+            self._registering, "value", (None, "", False, False, ("", "", ()), ())
         )
         recorded = Recorded(
             type=args.typ,
@@ -104,18 +119,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
             urn=urn,
             parent_urn=parent_urn,
             dependencies=dependencies,
+            aliases=aliases,
         )
         self.resources.append(recorded)
         outputs = dict(args.inputs)
         if args.typ.startswith("kubernetes:"):
             metadata = dict(outputs.get("metadata") or {})
             if not metadata.get("name"):
-                metadata["name"] = f"{args.name}-{auto_suffix(args.name)}"
+                generated = f"{args.name}-{auto_suffix(args.name)}"
+                metadata["name"] = pulumi_output.UNKNOWN if self.preview else generated
             outputs["metadata"] = metadata
         elif args.typ == "random:index/randomPassword:RandomPassword":
             length = int(args.inputs.get("length", 32))
             seed = hashlib.sha256(args.name.encode()).hexdigest()
-            outputs["result"] = _secret((seed * 4)[:length])
+            outputs["result"] = _secret(rpc.UNKNOWN if self.preview else (seed * 4)[:length])
         recorded.outputs = outputs
         return f"{args.name}-id", outputs
 
@@ -139,6 +156,15 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         # The plain monitor answers synchronously through new_resource, which records it.
         parent = request.parent.split("::")[-1] if request.parent else None
+        aliases = tuple(
+            alias.urn
+            or self.make_urn(
+                request.parent if not alias.spec.noParent else "",
+                alias.spec.type or request.type,
+                alias.spec.name or request.name,
+            )
+            for alias in request.aliases
+        ) + tuple(request.aliasURNs)
         self.recording.registering(
             parent,
             request.provider,
@@ -149,12 +175,13 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 request.parent,
                 tuple(request.dependencies),
             ),
+            aliases=aliases,
         )
         return super().RegisterResource(request)
 
 
-def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
-    """Point the Pulumi runtime at fresh recording mocks for ``stack``.
+def install(stack: str, project: str = "pgplatform", *, preview: bool = False) -> RecordingMocks:
+    """Point the Pulumi runtime at fresh recording mocks for ``stack`` (``preview``: dry run).
 
     A new event loop and root stack per call: runs must not see each other's registrations.
     """
@@ -163,12 +190,12 @@ def install(stack: str, project: str = "pgplatform") -> RecordingMocks:
     # The SDK walks the Python stack of every registration to report its source position to
     # the engine's diagnostics; the mocked engine drops it, and the walk is ~15% of a render.
     runtime_resource._get_stack_trace = source_pb2.StackTrace
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(preview=preview)
     pulumi.runtime.set_mocks(
         mocks,
         project=project,
         stack=stack,
-        preview=False,
+        preview=preview,
         monitor=RecordingMonitor(mocks),
     )
     # The mocked engine only relays the SDK's debug lines (several per registration) to Python
@@ -183,10 +210,18 @@ def settle() -> None:
     loop.run_until_complete(pulumi.runtime.stack.wait_for_rpcs())
 
 
+def is_unknown(value: Any) -> bool:
+    """A value the engine does not know yet (as the SDK deserialises it on a preview)."""
+    return isinstance(value, pulumi_output.Unknown) or value == rpc.UNKNOWN
+
+
 def redact(value: Any) -> Any:
-    """Secrets become ``[secret]``; integral floats (the wire has no ints) become ints."""
+    """Secrets become ``[secret]``, unknowns ``[unknown]``; integral floats become ints
+    (the wire has no ints)."""
     if is_secret(value):
         return REDACTED
+    if is_unknown(value):
+        return UNKNOWN
     if isinstance(value, dict):
         return {k: redact(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -1,10 +1,15 @@
 """Offline render: run the Pulumi program under mocks and write what it would deploy.
 
-    python -m tools.render --stack prod [--out build/prod] [--config Pulumi.prod.yaml]
+    python -m tools.render --stack prod [--out build/prod] [--config Pulumi.prod.yaml] [--preview]
 
 Writes ``resources.json`` (every registration in order, secrets redacted), ``manifests/`` (one
 YAML file per Kubernetes object), ``files/`` (ConfigMap payloads and Vault policies as files),
 ``sql/`` (the ordered SQL bundle) and prints a summary. Exit 2 on a bad stack config.
+
+``--preview`` runs the program as the first ``pulumi preview`` of the stack sees it (generated
+names, random results and what derives from them unknown, see ``tools/mocks.py``) and writes
+the same tree to ``build/<stack>-preview``, every unknown value written as ``"[unknown]"``:
+what a reviewer and the policy pack see on the pull request that adds the objects.
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ def _file_name(text: str) -> str:
 
 def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[str]:
     """Write every artefact of a finished mocked run; returns resources per type."""
-    from tools.mocks import redact
+    from tools.mocks import UNKNOWN, redact
 
     if out.exists():
         shutil.rmtree(out)
@@ -124,6 +129,8 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
             continue
         manifest = manifest_of(recorded.type, redact(recorded.outputs or recorded.inputs))
         name = manifest["metadata"].get("name", recorded.name)
+        if name == UNKNOWN:  # a name generated at creation: files go by the logical name
+            name = recorded.name
         file = out / "manifests" / f"{_file_name(manifest['kind'].lower())}_{_file_name(name)}.yaml"
         file.write_text(yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False))
         if manifest["kind"] == "ConfigMap":
@@ -137,8 +144,8 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
     return counts
 
 
-def render(stack: str, out: Path, config_file: Path | None = None) -> int:
-    """Run the whole program offline; returns the process exit code."""
+def render(stack: str, out: Path, config_file: Path | None = None, *, preview: bool = False) -> int:
+    """Run the whole program offline (as a preview); returns the process exit code."""
     phase = _Phases(4)
     config_path = config_file or ROOT / f"Pulumi.{stack}.yaml"
     if not config_path.is_file():
@@ -154,7 +161,7 @@ def render(stack: str, out: Path, config_file: Path | None = None) -> int:
     from components.settings import SettingsError, load_settings
     from tools import mocks as recording
 
-    mocks = recording.install(stack)
+    mocks = recording.install(stack, preview=preview)
     pulumi.runtime.set_all_config(config, secret_keys)
     try:
         settings = load_settings()
@@ -163,7 +170,8 @@ def render(stack: str, out: Path, config_file: Path | None = None) -> int:
         return 2
     build_platform(settings)
     recording.settle()
-    phase(f"program: {len(mocks.resources)} resources registered")
+    mode = " (preview: unknown values written as [unknown])" if preview else ""
+    phase(f"program: {len(mocks.resources)} resources registered{mode}")
 
     counts = write_build(out, mocks, inputs.sql_files(settings))
     phase(f"write: {out}")
@@ -180,22 +188,33 @@ def render(stack: str, out: Path, config_file: Path | None = None) -> int:
 
 
 def render_in_subprocess(
-    stack: str, out: Path, config: Path | None = None
+    stack: str, out: Path, config: Path | None = None, *, preview: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run this CLI in a fresh interpreter (the Pulumi runtime keeps process-wide state)."""
     argv = [sys.executable, "-m", "tools.render", "--stack", stack, "--out", str(out)]
     if config is not None:
         argv += ["--config", str(config)]
+    if preview:
+        argv.append("--preview")
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (reads Pulumi.<stack>.yaml)")
-    parser.add_argument("--out", type=Path, help="output directory (default build/<stack>)")
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default build/<stack>[-preview])"
+    )
     parser.add_argument("--config", type=Path, help="stack file to read instead")
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="render what a first `pulumi preview` sees: values known only after creation "
+        "are written as [unknown]",
+    )
     args = parser.parse_args(argv)
-    return render(args.stack, args.out or ROOT / "build" / args.stack, args.config)
+    default = ROOT / "build" / (f"{args.stack}-preview" if args.preview else args.stack)
+    return render(args.stack, args.out or default, args.config, preview=args.preview)
 
 
 if __name__ == "__main__":

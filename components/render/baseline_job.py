@@ -115,7 +115,9 @@ def psql_command() -> list[str]:
     return ["psql", "-X", "-f", f"{SQL_DIR}/{APPLY_SCRIPT}"]
 
 
-def job_body(spec: BaselineJobSpec, *, config_map: str, bundle_checksum: str) -> dict[str, Any]:
+def job_body(
+    spec: BaselineJobSpec, *, config_map: pods.Placed, bundle_checksum: str
+) -> dict[str, Any]:
     """``spec`` of the Job (and the bundle hash as an annotation of its pod)."""
     job_suffix(bundle_checksum)
     mounts = [{"name": "sql", "mountPath": SQL_DIR, "readOnly": True}]

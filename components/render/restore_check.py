@@ -446,7 +446,7 @@ def admission_policy_spec(inp: RestoreCheckInput, service_account: str) -> dict[
     }
 
 
-def admission_binding_spec(inp: RestoreCheckInput, policy_name: str) -> dict[str, Any]:
+def admission_binding_spec(inp: RestoreCheckInput, policy_name: pods.Placed) -> dict[str, Any]:
     """Binds the policy to the stack's namespace, denying what it rejects."""
     return {
         "policyName": policy_name,
@@ -463,7 +463,7 @@ def labels(inp: RestoreCheckInput) -> dict[str, str]:
 
 
 def cronjob_spec(
-    inp: RestoreCheckInput, *, config_map: str, service_account: str
+    inp: RestoreCheckInput, *, config_map: pods.Placed, service_account: str
 ) -> dict[str, Any]:
     """CronJob ``spec``: one run at a time, no retries (a failure must surface), history kept.
 

@@ -220,7 +220,7 @@ def test_args_refuse_fields_that_follow_from_the_database() -> None:
             pool=POOL,
             database="app",
             endpoint=DatabaseEndpoint(
-                rw_host="a", ro_host="b", port=5432, ca_secret=None, cluster=None
+                rw_host="a", ro_host="b", port=5432, ca_secret=None, cluster=None, admin_secret="s"
             ),
             auth_password="x",
             env="staging",
