@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all test unit integration lint lint-workflows format typecheck bench bench-db clean
+.PHONY: setup render render-all render-preview test unit integration lint lint-workflows format typecheck bench bench-db clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,17 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 setup: $(BIN)/.installed
 
+# PREVIEW=1: render what a first `pulumi preview` sees, into build/<stack>-preview.
 render: setup
-	$(BIN)/python -m tools.render --stack $(STACK)
+	$(BIN)/python -m tools.render --stack $(STACK) $(if $(PREVIEW),--preview)
 
 render-all: setup
 	$(BIN)/python -m tools.render --stack staging
 	$(BIN)/python -m tools.render --stack prod
+
+render-preview: setup
+	$(BIN)/python -m tools.render --stack staging --preview
+	$(BIN)/python -m tools.render --stack prod --preview
 
 lint: setup lint-workflows
 	$(BIN)/ruff check .

@@ -81,6 +81,24 @@ def rendered_stack(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], 
     return render
 
 
+_PREVIEWS: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="session")
+def rendered_preview(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``rendered_preview(stack)`` → build dir of a fresh preview-mode render (once a session)."""
+
+    def render(stack: str) -> Path:
+        if stack not in _PREVIEWS:
+            out = tmp_path_factory.mktemp(f"preview-{stack}")
+            result = render_in_subprocess(stack, out, preview=True)
+            assert result.returncode == 0, result.stdout + result.stderr
+            _PREVIEWS[stack] = out
+        return _PREVIEWS[stack]
+
+    return render
+
+
 def resources_json(build: Path) -> list[dict[str, Any]]:
     import json
 

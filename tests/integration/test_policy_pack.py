@@ -18,15 +18,20 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime import rpc
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
 from policy import rules
-from tests.conftest import ROOT
+from tests.conftest import ROOT, resources_json
 from tests.policy_support import deployed_view, urn
+from tools.mocks import UNKNOWN as RENDERED_UNKNOWN
 
 pytestmark = pytest.mark.integration
 
 MANDATORY = analyzer_pb2.EnforcementLevel.Value("MANDATORY")
+UNKNOWN = rpc.UNKNOWN
+"""How the engine sends a value it does not know yet."""
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +152,47 @@ def test_pack_passes_the_rendered_stack(
         f"[{d.policyName}] {d.message}" for d in _analyze_stack(analyzer, stack, resources)
     ]
     assert messages == []
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_pack_checks_the_preview_render(
+    analyzer: analyzer_pb2_grpc.AnalyzerStub, rendered_preview: Callable[[str], Path], stack: str
+) -> None:
+    """On a first preview every policy runs on every resource: none is skipped as "can't run
+    policy ... during preview" for an unknown value, and none is violated."""
+    resources = [
+        (resource_type, name, _engine_unknowns(row_props))
+        for resource_type, name, row_props in _preview_rows(rendered_preview(stack))
+    ]
+    messages = [
+        f"{name}: [{d.policyName}] {d.message}"
+        for resource_type, name, props in resources
+        for d in _analyze(analyzer, stack, resource_type, name, props)
+    ]
+    messages += [
+        f"[{d.policyName}] {d.message}" for d in _analyze_stack(analyzer, stack, resources)
+    ]
+    assert messages == []
+    assert any(name == "identity-api-deployment" for _, name, _ in resources)
+
+
+def test_pack_skips_a_rule_on_an_unknown_spec(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    """The contrast: a Deployment whose whole spec is unknown is not checked at preview."""
+    props = {"metadata": {"namespace": "pgplatform"}, "spec": UNKNOWN}
+    messages = [d.message for d in _analyze(analyzer, "prod", DEPLOYMENT, "new-api", props)]
+    assert any("can't run policy 'pod-hardened'" in m for m in messages), messages
+
+
+def _preview_rows(build: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(row["type"], row["name"], row["inputs"]) for row in resources_json(build)]
+
+
+def _engine_unknowns(value: Any) -> Any:
+    """The render's ``[unknown]`` as the engine sends an unknown value."""
+    if value == RENDERED_UNKNOWN:
+        return UNKNOWN
+    if isinstance(value, dict):
+        return {k: _engine_unknowns(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_engine_unknowns(v) for v in value]
+    return value

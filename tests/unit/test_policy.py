@@ -22,11 +22,11 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
-from pulumi_policy.proxy import unknown_checking_proxy
+from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
 from components.render import pods
 from policy import rules
-from tests.policy_support import deployed_view, urn
+from tests.policy_support import deployed_view, preview_view, urn
 
 pytestmark = pytest.mark.unit
 
@@ -796,3 +796,59 @@ def test_rendered_stack_has_no_violations(
     assert any(t == rules.POSTGRESQL_PROVIDER for t, _, _ in resources)
     assert ("api_anonymous" in roles) is (stack == "staging")
     assert rules.validate_stack(resources, rules.environment_of(stack)) == []
+
+
+# --- every rule over the preview of every stack ---------------------------------------------
+
+
+def _rules_skipped_at_preview(resources: list[rules.StackResource]) -> list[str]:
+    """Each (rule, resource) the pack could not check because it read an unknown value."""
+    environment = rules.environment_of("prod")
+    skipped = []
+    for rule in rules.RULES:
+        if rule.check is not None:
+            for resource_type, name, props in resources:
+                try:
+                    rule.check(resource_type, props, environment)
+                except UnknownValueError as error:
+                    skipped.append(f"{rule.name} on {name}: {error.message}")
+        elif rule.stack_check is not None:
+            try:
+                rule.stack_check(resources, environment)
+            except UnknownValueError as error:
+                skipped.append(f"{rule.name} (stack): {error.message}")
+    return skipped
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_preview_is_checked_by_every_rule(
+    rendered_preview: Callable[[str], Path], stack: str
+) -> None:
+    resources = preview_view(rendered_preview(stack))
+    assert _rules_skipped_at_preview(resources) == []
+    assert rules.validate_stack(resources, rules.environment_of(stack)) == []
+    # Every API and pooler workload was seen with its pod, autoscaler, budget and policy.
+    workloads = {
+        name: props
+        for resource_type, name, props in resources
+        if rules.kind_of(resource_type) == "Deployment"
+    }
+    expected = {"identity-api-deployment", "content-api-deployment", "pgbouncer-deployment"}
+    if stack == "staging":
+        expected.add("graphql-deployment")
+    assert expected <= set(workloads)
+    for name in expected:
+        template = rules.pod_template("kubernetes:apps/v1:Deployment", workloads[name])
+        assert template is not None, name
+        assert template.spec["containers"], name
+
+
+def test_a_spec_unknown_at_preview_skips_the_rules() -> None:
+    """What the pack did on a pull request adding a domain before specs were leaves."""
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+
+    props = unknown_checking_proxy(
+        {"metadata": {"namespace": "pgplatform"}, "spec": UNKNOWN_STRING_VALUE}
+    )
+    skipped = _rules_skipped_at_preview([("kubernetes:apps/v1:Deployment", "new-api", props)])
+    assert any(s.startswith("pod-hardened on new-api") for s in skipped)
