@@ -145,8 +145,8 @@ def _substitute(command: str, render: Render, domain: str) -> str:
     )
 
 
-def _words(command: str) -> tuple[list[str], str | None]:
-    """Positional words after ``kubectl`` (``--from=`` values included) and the ``-l`` value."""
+def _words(command: str) -> tuple[list[str], str | None, str | None]:
+    """Positional words after ``kubectl`` (``--from=`` values included), ``-l``, ``-n``."""
     command = re.sub(r"<[^<>\s][^<>]*>", "<any>", command)
     command = re.split(r"\s[|;#<>]|\$\(", command)[0]  # pipes, comments, redirections
     try:
@@ -157,11 +157,13 @@ def _words(command: str) -> tuple[list[str], str | None]:
         words = words[: words.index("--")]
     positional: list[str] = []
     selector = None
+    namespace = None
     takes_value = {"-n", "--namespace", "-c", "-o", "-f", "--field-selector", "--sort-by"}
     pending = None
     for word in words:
         if pending is not None:
             selector = word if pending in ("-l", "--selector") else selector
+            namespace = word if pending in ("-n", "--namespace") else namespace
             pending = None
         elif word in takes_value or word in ("-l", "--selector"):
             pending = word
@@ -169,7 +171,7 @@ def _words(command: str) -> tuple[list[str], str | None]:
             positional.append(word.removeprefix("--from="))
         elif not word.startswith("-"):
             positional.append(word)
-    return positional, selector
+    return positional, selector, namespace
 
 
 def _selector_references(where: str, kinds: list[str], selector: str) -> Iterator[Reference]:
@@ -182,10 +184,11 @@ def _selector_references(where: str, kinds: list[str], selector: str) -> Iterato
         yield from (Reference(where, kind, selector=selector) for kind in kinds)
 
 
-def references(command: str, where: str) -> Iterator[Reference]:
-    """The objects one (substituted) command names; placeholders left in mean "any"."""
-    positional, selector = _words(command)
-    if not positional:
+def references(command: str, where: str, namespace: str) -> Iterator[Reference]:
+    """The objects one (substituted) command names in the stack's ``namespace`` (another
+    namespace is the cluster's, e.g. an operator's); placeholders left in mean "any"."""
+    positional, selector, given = _words(command)
+    if not positional or (given is not None and given != namespace):
         return
     verb, rest = positional[0], positional[1:]
     if verb == "cnpg":
@@ -221,7 +224,7 @@ def doc_references(render: Render) -> list[Reference]:
         where = str(doc.relative_to(ROOT))
         for command in commands(doc.read_text()):
             for domain in render.domains or ("",):
-                found += references(_substitute(command, render, domain), where)
+                found += references(_substitute(command, render, domain), where, render.namespace)
     return found
 
 
@@ -293,12 +296,20 @@ def test_every_object_a_doc_names_in_kubectl_exists(renders: dict[str, Render]) 
 
 def test_a_generated_name_in_a_runbook_is_caught(renders: dict[str, Render]) -> None:
     prod = renders["prod"]
-    [ref] = references("kubectl -n pgplatform logs deploy/identity-api-deployment-d052eef6", "x")
+    [ref] = references(
+        "kubectl -n pgplatform logs deploy/identity-api-deployment-d052eef6", "x", "pgplatform"
+    )
     assert not _resolves(prod, ref)
-    [ref] = references("kubectl -n pgplatform get pods -l app.kubernetes.io/name=identity-api", "x")
+    [ref] = references(
+        "kubectl -n pgplatform get pods -l app.kubernetes.io/name=identity-api", "x", "pgplatform"
+    )
     assert not _resolves(prod, ref)
-    [ref] = references("kubectl -n pgplatform get secret identity-postgrest-secrets", "x")
+    [ref] = references(
+        "kubectl -n pgplatform get secret identity-postgrest-secrets", "x", "pgplatform"
+    )
     assert _resolves(prod, ref)
+    # An operator's object in its own namespace is the cluster's, not the stack's.
+    assert not list(references("kubectl -n cnpg-system get deploy/barman-cloud", "x", "pgplatform"))
 
 
 def test_docs_are_found() -> None:
