@@ -57,7 +57,7 @@ def rendered_ini(build: Path) -> str:
 
 def rendered_deployment(build: Path) -> dict[str, Any]:
     """The PgBouncer Deployment manifest."""
-    path = one(sorted((build / "manifests").glob("deployment_pgbouncer-*.yaml")), "Deployment")
+    path = one(sorted((build / "manifests").glob("deployment_pgbouncer.yaml")), "Deployment")
     manifest: dict[str, Any] = yaml.safe_load(path.read_text())
     return manifest
 
