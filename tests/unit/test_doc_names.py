@@ -59,6 +59,8 @@ RUNTIME_KINDS = frozenset({"Pod", "Backup", "Event"})
 """Objects the cluster creates at run time (pods, CloudNativePG backups, events): their names
 are not in any render; a selector on them is still checked where it uses our labels."""
 OUR_LABEL = "app.kubernetes.io/"
+CNPG_SECRETS = ("-ca", "-server", "-replication", "-app", "-superuser")
+"""Secrets CloudNativePG creates for every Cluster ``<cluster><suffix>``."""
 
 CONDITIONAL: Mapping[str, str] = {
     r"Deployment/postgres-exporter": "prod-external",
@@ -97,9 +99,13 @@ class Render:
     objects: list[dict[str, Any]]
 
     def named(self, kind: str, name: str) -> bool:
-        if kind == "Secret":  # Secrets are written by External Secrets from their targets
+        if kind == "Secret":  # written by External Secrets, or by CloudNativePG for a Cluster
             return any(
-                o["kind"] == "ExternalSecret" and o["spec"]["target"]["name"] == name
+                (o["kind"] == "ExternalSecret" and o["spec"]["target"]["name"] == name)
+                or (
+                    o["kind"] == "Cluster"
+                    and name in {o["metadata"]["name"] + suffix for suffix in CNPG_SECRETS}
+                )
                 for o in self.objects
             )
         return any(o["kind"] == kind and o["metadata"].get("name") == name for o in self.objects)
