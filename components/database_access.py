@@ -150,5 +150,22 @@ class DatabaseAccess(pulumi.ComponentResource):
                 opts=deps,
             )
 
+        for og in plan.object_grants:
+            deps = after(og.role)
+            if og.schema in schemas:
+                deps = pulumi.ResourceOptions.merge(
+                    deps, pulumi.ResourceOptions(depends_on=[schemas[og.schema]])
+                )
+            # No ``objects``: every object of the type in the schema, as it exists when applied.
+            pg.Grant(
+                f"{name}-existing-{og.schema}-{og.object_type}-{og.role}",
+                database=args.database,
+                schema=og.schema,
+                object_type=og.object_type,
+                role=og.role,
+                privileges=list(og.privileges),
+                opts=deps,
+            )
+
         self.roles = pulumi.Output.from_input([spec.name for spec in plan.roles])
         self.register_outputs({"passwords": self.passwords, "roles": self.roles})

@@ -133,6 +133,21 @@ class DefaultGrant:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ObjectGrant:
+    """Privileges ``role`` holds on every object of ``object_type`` that exists in ``schema``.
+
+    Default privileges cover only objects created after them; a role added to a database that
+    already has tables (a machine client configured later) needs these too. Applying it sets
+    exactly ``privileges``: what the role held beyond them on those objects is revoked.
+    """
+
+    schema: str
+    role: str
+    object_type: ObjectType
+    privileges: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class AccessPlan:
     roles: tuple[RoleSpec, ...]
     schemas: tuple[SchemaSpec, ...]
@@ -140,6 +155,7 @@ class AccessPlan:
     database_grants: tuple[DatabaseGrant, ...]
     schema_grants: tuple[SchemaGrant, ...]
     default_grants: tuple[DefaultGrant, ...]
+    object_grants: tuple[ObjectGrant, ...]
     api_roles: tuple[str, ...]
 
 
@@ -206,6 +222,7 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
     # queries with SET ROLE pg_monitor), which the revoke above would lock out.
     schema_grants.append(SchemaGrant(schema="public", role=PG_MONITOR))
     default_grants: list[DefaultGrant] = []
+    object_grants: list[ObjectGrant] = []
     for role, level, role_schemas, _ in api:
         schema_grants.append(SchemaGrant(schema=PLATFORM_SCHEMA, role=role))
         schema_grants += [SchemaGrant(schema=schema, role=role) for schema in role_schemas]
@@ -231,6 +248,12 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
                 )
                 for object_type, privileges in matrix
             ]
+        # The same privileges on what already exists in each of its schemas.
+        object_grants += [
+            ObjectGrant(schema=schema, role=role, object_type=object_type, privileges=privileges)
+            for schema in role_schemas
+            for object_type, privileges in matrix
+        ]
     # Functions are executable by PUBLIC by default, which would include the authenticator.
     default_grants.append(
         DefaultGrant(owner=OWNER, schema=None, role="public", object_type="function", privileges=())
@@ -242,6 +265,7 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
         database_grants=tuple(database_grants),
         schema_grants=tuple(schema_grants),
         default_grants=tuple(default_grants),
+        object_grants=tuple(object_grants),
         api_roles=tuple(role for role, *_ in api),
     )
 
@@ -332,5 +356,12 @@ def render_access_sql(plan: AccessPlan, database: str) -> str:
             out.append(
                 f"{prefix} GRANT {', '.join(d.privileges)} ON {plural} TO {_grantee(d.role)};"
             )
+    out += ["", "-- privileges on objects that already exist (a role added after them)"]
+    for o in plan.object_grants:
+        target = f"ON ALL {_OBJECT_PLURAL[o.object_type]} IN SCHEMA {quote_ident(o.schema)}"
+        # Revoke first, as pulumi-postgresql's Grant does: the role ends with exactly these.
+        out.append(f"REVOKE {_ALL_PRIVILEGES[o.object_type]} {target} FROM {_grantee(o.role)};")
+        if o.privileges:
+            out.append(f"GRANT {', '.join(o.privileges)} {target} TO {_grantee(o.role)};")
     out.append("")
     return "\n".join(out)

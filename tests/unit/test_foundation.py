@@ -172,6 +172,16 @@ def _resource_tuples(mocks: RecordingMocks) -> dict[str, set[tuple[Any, ...]]]:
             )
             for r in mocks.by_type(DEFAULT_PRIVILEGES)
         },
+        "existing": {
+            (
+                r.inputs["schema"],
+                r.inputs["role"],
+                r.inputs["objectType"],
+                tuple(r.inputs["privileges"]),
+            )
+            for r in mocks.by_type(GRANT)
+            if r.inputs["objectType"] in _PLURAL.values() and not r.inputs.get("objects")
+        },
     }
 
 
@@ -181,7 +191,7 @@ _PLURAL = {"TABLES": "table", "SEQUENCES": "sequence", "FUNCTIONS": "function"}
 def _sql_tuples(sql: str) -> dict[str, set[tuple[Any, ...]]]:
     """Read the same facts back out of the rendered SQL text."""
     out: dict[str, set[tuple[Any, ...]]] = {
-        k: set() for k in ("roles", "members", "usage", "database", "defaults")
+        k: set() for k in ("roles", "members", "usage", "database", "defaults", "existing")
     }
     timeouts = dict(re.findall(r'ALTER ROLE "(\w+)" SET statement_timeout = (\d+);', sql))
     for name, login, inherit in re.findall(r'ALTER ROLE "(\w+)" WITH (NO)?LOGIN (NO)?INHERIT', sql):
@@ -219,7 +229,22 @@ def _sql_tuples(sql: str) -> dict[str, set[tuple[Any, ...]]]:
             granted[key] = tuple(privs.split(", "))
     for key in revoked:
         out["defaults"].add((*key, granted.get(key, ())))
+    out["existing"] = _existing_object_tuples(sql)
     return out
+
+
+def _existing_object_tuples(sql: str) -> set[tuple[Any, ...]]:
+    """``GRANT/REVOKE ... ON ALL <objects> IN SCHEMA``: (schema, role, type, privileges)."""
+    on_all = r'^(GRANT|REVOKE) ([A-Z, ]+) ON ALL (\w+) IN SCHEMA "(\w+)" (?:TO|FROM) (\S+);$'
+    revoked = set()
+    granted = {}
+    for verb, privs, plural, schema, role in re.findall(on_all, sql, re.M):
+        key = (schema, "public" if role == "PUBLIC" else role.strip('"'), _PLURAL[plural])
+        if verb == "REVOKE":
+            revoked.add(key)
+        else:
+            granted[key] = tuple(privs.split(", "))
+    return {(*key, granted.get(key, ())) for key in revoked}
 
 
 def test_resources_and_sql_carry_the_same_access(
