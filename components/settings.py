@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
 from components.render import durations, schedules
-from components.render.postgrest import validate_role_claim_key
+from components.render.postgrest import validate_audience, validate_role_claim_key
 
 if TYPE_CHECKING:
     from components.render.budget import BudgetInput
@@ -69,6 +69,12 @@ SQL_RESERVED_WORDS: Final = frozenset(
 )
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DNS_FORM = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DB_HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+_DNS_HOST = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$"
+)
+_HTTP_URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _OBJECT_STORE = re.compile(r"^(s3|gs|https)://[^/\s]+(/[^\s]*)?$")
 # Kubernetes resource.Quantity: a decimal number with an optional binary or decimal SI suffix
@@ -142,6 +148,29 @@ def _object_store_path(value: str) -> str:
     return value
 
 
+def _db_host(value: str) -> str:
+    if not _DB_HOST.match(value):
+        raise ValueError(
+            "must be a host name or IPv4 address, without scheme or port (the port is "
+            "postgres.port), e.g. 'db.example.com'"
+        )
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not _HTTP_URL.match(value):
+        raise ValueError("must be an http(s) URL without spaces, e.g. 'https://s3.example.com'")
+    return value
+
+
+def _section_name(value: str) -> str:
+    if not _SECTION_NAME.match(value) or len(value) > 253:
+        raise ValueError(
+            "must be the name of a Gateway listener: lowercase letters, digits, '-' and '.'"
+        )
+    return value
+
+
 def _public_base_url(value: str) -> str:
     """The scheme and host the API routes hang off; every route adds its own path."""
     bare = value.rstrip("/")
@@ -153,6 +182,12 @@ def _public_base_url(value: str) -> str:
         raise ValueError(
             "only the scheme and host (and port) belong here, e.g. 'https://api.example.com': "
             "each domain's path is added to it"
+        )
+    host = value.removeprefix("https://").rsplit(":", 1)
+    if not _DNS_HOST.match(host[0]) or (len(host) == 2 and not host[1].isdigit()):
+        raise ValueError(
+            f"{host[0]!r} is not a DNS host name (letters, digits, '-' and '.'; "
+            "an optional ':<port>')"
         )
     return value
 
@@ -212,7 +247,9 @@ GoDuration = Annotated[str, BeforeValidator(_duration), AfterValidator(_go_durat
 Retention = Annotated[str, BeforeValidator(_duration), AfterValidator(_retention)]
 Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_quantity)]
 # A Kubernetes object name (DNS subdomain), e.g. of a Secret the stack refers to.
+# (also a StorageClass's name)
 SecretName = Annotated[str, AfterValidator(_object_name)]
+DbHost = Annotated[str, AfterValidator(_db_host)]
 CnpgSchedule = Annotated[str, BeforeValidator(schedules.check_cnpg_schedule)]
 CronJobSchedule = Annotated[str, BeforeValidator(schedules.check_cronjob_schedule)]
 PinnedImage = Annotated[str, AfterValidator(_pinned_image)]
@@ -269,7 +306,7 @@ class GatewayRef(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    section_name: str | None = None
+    section_name: Annotated[str, AfterValidator(_section_name)] | None = None
     # Forward-auth filter applied to every route: an ExtensionRef to a filter object of the
     # gateway implementation (e.g. group gateway.envoyproxy.io, kind SecurityPolicy is attached
     # by policy instead; group traefik.io kind Middleware is referenced here).
@@ -352,7 +389,7 @@ class BackupSettings(_Model):
     enabled: bool
     method: Literal["plugin", "barmanObjectStore"]
     destination_path: Annotated[str, AfterValidator(_object_store_path)] | None = None
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    endpoint_url: Annotated[str, AfterValidator(_http_url)] | None = None
     credentials_secret: SecretName | None = None
     retention: Retention
     schedule: CnpgSchedule
@@ -416,7 +453,7 @@ class PostgresSettings(_Model):
     mode: Literal["cnpg", "external"]
     instances: int = Field(ge=1, le=9)
     storage_size: Quantity
-    storage_class: str | None = None
+    storage_class: SecretName | None = None
     max_connections: int = Field(ge=20, le=10_000)
     database: SqlName
     port: int = Field(ge=1, le=65535)
@@ -424,8 +461,8 @@ class PostgresSettings(_Model):
     sslmode: Literal["disable", "require", "verify-ca", "verify-full"]
     resources: ResourceSettings
     image: PinnedImage
-    host: str | None = None
-    ro_host: str | None = None
+    host: DbHost | None = None
+    ro_host: DbHost | None = None
     ca_secret: SecretName | None = None
     provider_ca_file: str | None = Field(default=None, min_length=1)
     """PEM file (on the machine running Pulumi) the pulumi-postgresql provider verifies with."""
@@ -546,6 +583,10 @@ def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
                 "required when auth.mode is 'jwks': the https URL of the identity provider's JWKS",
             )
         )
+    try:
+        validate_audience(s.auth.audience)
+    except ValueError as error:
+        problems.append(_problem("auth.audience", str(error), s.auth.audience))
     try:
         validate_role_claim_key(s.auth.role_claim_key)
     except ValueError as error:

@@ -76,6 +76,15 @@ def _fail(field: str, problem: str) -> ValueError:
     return ValueError(f"PostgrestConfInput.{field}: {problem}")
 
 
+def validate_audience(value: object) -> str:
+    """The ``aud`` PostgREST checks: a token without blanks, quotes, '\\' or '$', or a URI."""
+    if not isinstance(value, str) or not value or re.search(r'[\s"\\$]', value):
+        raise ValueError("must be a non-empty token without spaces, quotes, '\\' or '$', or a URI")
+    if ":" in value and not _URI_SCHEME.match(value):
+        raise ValueError("has ':' so must be a URI (RFC 7519), e.g. 'urn:example:api'")
+    return value
+
+
 def validate_role_claim_key(value: str) -> str:
     """Check ``value`` against the PostgREST v14 JSPath DSL and return it.
 
@@ -231,12 +240,11 @@ def _validate_database(inp: PostgrestConfInput) -> None:
 
 def _validate_jwt(inp: PostgrestConfInput) -> None:
     _check_abs_path("jwt_secret_file", inp.jwt_secret_file)
-    aud = inp.jwt_audience
-    if aud is not None:
-        if not isinstance(aud, str) or not aud or re.search(r'[\s"\\$]', aud):
-            raise _fail("jwt_audience", f"must be a non-empty token or URI, got {aud!r}")
-        if ":" in aud and not _URI_SCHEME.match(aud):
-            raise _fail("jwt_audience", f"has ':' so must be a URI (RFC 7519), got {aud!r}")
+    if inp.jwt_audience is not None:
+        try:
+            validate_audience(inp.jwt_audience)
+        except ValueError as exc:
+            raise _fail("jwt_audience", f"{exc}, got {inp.jwt_audience!r}") from None
     try:
         validate_role_claim_key(inp.role_claim_key)
     except ValueError as exc:

@@ -222,3 +222,64 @@ def test_number_quantities_render_as_text(pulumi_mocks: Callable[..., RecordingM
     containers = deployments[0].inputs["spec"]["template"]["spec"]["containers"]
     limits = {c["resources"]["limits"]["cpu"] for c in containers if c["name"] == "postgrest"}
     assert limits == {"1"}
+
+
+# --- values components check are checked where the config is read -----------------------------
+
+_EXTERNAL = {
+    "mode": "external",
+    "host": "db.example.com",
+    "roHost": "db-ro.example.com",
+    "caSecret": "db-ca",
+}
+
+
+def _external(**changes: str) -> dict[str, Any]:
+    raw = _with(_PROD, "postgres", {**_EXTERNAL, **changes})
+    return _with(raw, "backup", {"enabled": False})
+
+
+@pytest.mark.parametrize("host", ["db.example.com:5432", "https://db.example.com", "db_1.example"])
+def test_database_host_is_a_host_name(host: str) -> None:
+    problems = _problems("prod", _external(host=host), ("postgresAdminPassword",))
+    assert any(p.startswith("pgplatform:postgres.host: must be a host name") for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("auth.audience", "my api"),
+        ("auth.audience", "x:y z"),
+        ("publicBaseUrl", "https://api_x.example.com"),
+        ("postgres.storageClass", "Fast SSD"),
+        ("backup.endpointUrl", "https://s3 .example.com"),
+        ("gateway.sectionName", "Https Listener"),
+    ],
+)
+def test_values_the_manifests_carry_are_checked_in_settings(key: str, value: str) -> None:
+    problem = _only_problem("prod", _with(_PROD, key, value))
+    assert problem.startswith(f"pgplatform:{key}:")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("auth.audience", "urn:example:pgplatform"),
+        ("publicBaseUrl", "https://api.example.com:8443"),
+        ("gateway.sectionName", "https"),
+    ],
+)
+def test_edge_values_settings_accept_build(
+    pulumi_mocks: Callable[..., RecordingMocks], key: str, value: str
+) -> None:
+    config, secrets = stack_config("prod")
+    top, *rest = key.split(".")
+    name = f"pgplatform:{top}"
+    if rest:
+        body = decode_config_value(config.get(name, "{}"))
+        body = {**body, rest[0]: value}
+        config[name] = json.dumps(body)
+    else:
+        config[name] = value
+    mocks = run_program(pulumi_mocks, "prod", config, secrets)
+    assert mocks.by_type("kubernetes:apps/v1:Deployment")
