@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -144,6 +145,16 @@ def _object_store_path(value: str) -> str:
         raise ValueError(
             "must be a bucket URL with a bucket name: 's3://<bucket>[/path]', "
             "'gs://<bucket>[/path]' or 'https://<account>.blob.core.windows.net/<container>'"
+        )
+    return value
+
+
+def _mount_path(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", value):
+        hint = f": write {value.strip('/')!r}" if value.strip("/") != value else ""
+        raise ValueError(
+            "must be a Vault mount path such as 'kubernetes' or 'clusters/prod', without a "
+            f"leading or trailing '/'{hint}"
         )
     return value
 
@@ -336,7 +347,7 @@ class VaultSettings(_Model):
 
     address: str = Field(pattern=r"^https://")
     kv_mount: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    kubernetes_auth_path: str = Field(pattern=r"^[A-Za-z0-9_/-]+$")
+    kubernetes_auth_path: Annotated[str, AfterValidator(_mount_path)]
     refresh_interval: GoDuration
 
 
@@ -738,8 +749,21 @@ def _service_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _repeated(values: Iterable[str]) -> list[str]:
+    counts = Counter(values)
+    return sorted(value for value, count in counts.items() if count > 1)
+
+
 def _feature_checks(s: StackSettings) -> list[ConfigProblem]:
-    problems = []
+    problems = [
+        _problem("graphql.schemas", "lists a domain twice", twice)
+        for twice in _repeated(s.graphql.schemas)
+    ]
+    problems += [
+        _problem(f"services[{index}].schemas", "lists a domain twice", twice)
+        for index, service in enumerate(s.services)
+        for twice in _repeated(service.schemas or ())
+    ]
     if s.graphql.enabled:
         problems += [
             _problem("graphql.schemas", f"unknown domain; allowed: {sorted(s.domains)}", d)

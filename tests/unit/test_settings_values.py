@@ -283,3 +283,16 @@ def test_edge_values_settings_accept_build(
         config[name] = value
     mocks = run_program(pulumi_mocks, "prod", config, secrets)
     assert mocks.by_type("kubernetes:apps/v1:Deployment")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reported"),
+    [
+        ("graphql.schemas", ["identity", "identity"], "graphql.schemas"),
+        ("services", [{"name": "etl", "schemas": ["content", "content"]}], "services[0].schemas"),
+        ("vault.kubernetesAuthPath", "/kubernetes/", "vault.kubernetesAuthPath"),
+    ],
+)
+def test_lists_and_paths_components_would_refuse(key: str, value: Any, reported: str) -> None:
+    problem = _only_problem("staging", _with(_STAGING, key, value))
+    assert problem.startswith(f"pgplatform:{reported}:")
