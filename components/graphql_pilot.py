@@ -10,7 +10,6 @@ security policies of the schema decide everything (docs/graphql-pilot.md).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +20,7 @@ from components.k8s import KubeObject, meta
 from components.render import graphql_workload as render
 from components.render import pods
 from components.render.checksum import content_checksum
-from components.render.postgraphile import (
-    POSTGRAPHILE_VERSION,
-    PostgraphileInput,
-    read_package_files,
-)
+from components.render.postgraphile import POSTGRAPHILE_VERSION, PostgraphileInput
 from components.render.secrets import (
     EXTERNAL_SECRETS_API_VERSION,
     jwks_external_secret_spec,
@@ -45,8 +40,8 @@ class GraphqlPilotArgs:
     """Stack name, part of the Vault KV path."""
     vault: VaultSettings
     postgraphile: PostgraphileInput
-    package_files: Mapping[str, str]
-    """``package.json`` + ``package-lock.json`` the install step runs ``npm ci`` from."""
+    image: str
+    """The pilot image built from ``components/graphql/Dockerfile`` (``graphql.image``)."""
     resources: pods.Resources
     min_replicas: int
     max_replicas: int
@@ -107,7 +102,7 @@ class GraphqlPilot(pulumi.ComponentResource):
         rollout_after: list[pulumi.Resource] = []
         if args.jwks_url is not None:
             rollout_after.append(self._jwks(name, ns, labels, args.jwks_url))
-        data = render.config_map_data(inp, args.package_files)
+        data = render.config_map_data(inp)
         config_checksum = content_checksum(*(f"{key}\n{data[key]}" for key in sorted(data)))
 
         def deployment(refs: WorkloadRefs) -> dict[str, Any]:
@@ -119,6 +114,7 @@ class GraphqlPilot(pulumi.ComponentResource):
                         service_account=refs.service_account,
                         secret_name=refs.secret_name,
                         jwks_secret=render.JWKS_SECRET if args.jwks_url is not None else None,
+                        image=args.image,
                         resources=args.resources,
                         min_replicas=args.min_replicas,
                         max_replicas=args.max_replicas,
@@ -228,7 +224,7 @@ def graphql_pilot_args(
         env=s.stack,
         vault=s.vault,
         postgraphile=inputs.postgraphile_input(s),
-        package_files=read_package_files(),
+        image=inputs.graphql_image(s),
         resources=pods.Resources(
             cpu_request=g.resources.requests.cpu,
             memory_request=g.resources.requests.memory,
@@ -259,5 +255,5 @@ def graphql_pilot_report(s: StackSettings) -> list[str]:
         f"(schemas {', '.join(inp.schemas)})",
         f"  pool {inp.db_name} @ {inp.db_host} as {inp.db_user}; replicas "
         f"{s.graphql.replicas.min}..{s.graphql.replicas.max}; keys: {keys}; "
-        f"GraphiQL {'on' if inp.graphiql else 'off'}; npm from {s.graphql.npm_registry}",
+        f"GraphiQL {'on' if inp.graphiql else 'off'}; image {inputs.graphql_image(s)}",
     ]

@@ -221,8 +221,15 @@ def postgraphile_input(s: StackSettings) -> PostgraphileInput:
         graphql_route=route,
         graphiql_route=f"{route}/graphiql",
         max_pool_size=g.db_pool,
-        npm_registry=g.npm_registry,
     )
+
+
+def graphql_image(s: StackSettings) -> str:
+    """The pilot image: ``graphql.image``, or (staging only; prod requires the key) the
+    reference the pipeline builds from this tree by default."""
+    from components.render.graphql_image import default_reference
+
+    return s.graphql.image or default_reference()
 
 
 def graphql_route_input(s: StackSettings) -> RouteInput:
@@ -241,8 +248,7 @@ def graphql_route_input(s: StackSettings) -> RouteInput:
 
 
 def graphql_network_input(s: StackSettings) -> NetworkInput:
-    """Gateway in; PgBouncer, DNS and the npm registry (install step) out."""
-    from components.render import graphql_workload as gw
+    """Gateway in; PgBouncer and DNS out (the image installs nothing at run time)."""
     from components.render.pods import selector_labels
 
     return NetworkInput(
@@ -250,8 +256,6 @@ def graphql_network_input(s: StackSettings) -> NetworkInput:
         server_port=postgraphile_input(s).port,
         pgbouncer_selector=selector_labels("pgbouncer", "pgbouncer"),
         pgbouncer_port=5432,
-        registry_port=gw.registry_port(s.graphql.npm_registry),
-        registry_cidrs=tuple(s.graphql.npm_registry_cidrs),
     )
 
 

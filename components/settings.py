@@ -213,16 +213,13 @@ def _pinned_image(value: str) -> str:
     return value
 
 
-def _ipv4_cidr(value: str) -> str:
-    import ipaddress
+def _image(value: str) -> str:
+    from components.render.graphql_image import reference_problem
 
-    try:
-        network = ipaddress.ip_network(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a CIDR block: use e.g. '10.20.0.0/24'") from None
-    if network.version != 4:
-        raise ValueError(f"{value!r}: only IPv4 blocks are supported")
-    return str(network)
+    problem = reference_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 def _labels(value: dict[str, str]) -> dict[str, str]:
@@ -425,12 +422,10 @@ class GraphqlSettings(_Model):
     replicas: ReplicaRange
     db_pool: int = Field(ge=1, le=100)
     resources: ResourceSettings
-    # The init container's `npm ci` source and the address blocks the pod may reach it at
-    # (HTTPS only; private and link-local ranges inside a block stay excluded).
-    npm_registry: str = Field(
-        pattern=r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"
-    )
-    npm_registry_cidrs: list[Annotated[str, AfterValidator(_ipv4_cidr)]] = Field(min_length=1)
+    # The pilot image the pipeline built from components/graphql/Dockerfile and pushed
+    # (registry/path:tag or @sha256:digest). Unset: staging runs the pipeline's default
+    # reference for this tree (python -m tools.graphql_image); prod refuses to start without it.
+    image: Annotated[str, AfterValidator(_image)] | None = None
 
 
 class GitopsSettings(_Model):
@@ -923,21 +918,16 @@ def budget_input(s: StackSettings) -> BudgetInput:
 
 
 def _graphql_checks(s: StackSettings) -> list[ConfigProblem]:
-    """Prod pods reach no public address: the pilot's npm install must use a private mirror."""
-    import ipaddress
-
-    if s.environment != "prod" or not s.graphql.enabled:
+    """Prod runs the pilot image its own pipeline pushed, named explicitly."""
+    if s.environment != "prod" or not s.graphql.enabled or s.graphql.image:
         return []
-    private = [ipaddress.IPv4Network(r) for r in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")]
     return [
         _problem(
-            "graphql.npmRegistryCidrs",
-            "prod installs the pilot from an internal npm mirror: set graphql.npmRegistry to "
-            "its URL and graphql.npmRegistryCidrs to its private address blocks",
-            cidr,
+            "graphql.image",
+            "prod runs the pilot image the deploy workflow built and pushed: set it, e.g. "
+            "pulumi config set --path pgplatform:graphql.image "
+            "<registry>/<path>:<tag from python -m tools.graphql_image --tag>",
         )
-        for cidr in s.graphql.npm_registry_cidrs
-        if not any(ipaddress.IPv4Network(cidr).subnet_of(p) for p in private)
     ]
 
 

@@ -32,6 +32,7 @@ _VALIDATOR_LABELS = {
     "_quantity": "quantity",
     "_labels": "map of label",
     "_origin": "origin",
+    "_image": "image reference",
     "_pinned_image": "pinned image",
     "check_cnpg_schedule": "cron, 6 fields",
     "check_cronjob_schedule": "cron, 5 fields",

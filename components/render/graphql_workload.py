@@ -6,14 +6,10 @@ what runs around it: Service, HTTPRoute, autoscaler, disruption budget and netwo
 
 Decisions encoded here and why:
 
-* An init container (same pinned ``node`` image) runs ``npm ci`` from the ConfigMap's
-  ``package.json``/``package-lock.json`` into an ``emptyDir`` at ``app_dir``; the main container
-  mounts that tree read-only. Both keep a read-only root file system.
-* NetworkPolicy is per pod, not per container: the npm registry egress the install step needs
-  is therefore also open to the server. It is narrowed to HTTPS to the configured registry
-  address blocks, and private, link-local (cloud metadata) and carrier-grade NAT ranges are
-  always excluded from a block that contains them, so a public-registry default can never reach
-  the cluster's own networks through that rule.
+* The image is built from ``components/graphql/Dockerfile`` (PostGraphile installed from the
+  pinned lockfile at build time, :mod:`components.render.graphql_image`): the pod installs
+  nothing and reaches no package registry, so its network policy has no internet egress at all.
+  The root file system is read-only; ``/tmp`` is a small ``emptyDir``.
 * No metrics port and no Prometheus ingress: PostGraphile 4 exports no metrics
   (docs/graphql-pilot.md), and a rule for a port that serves nothing only widens access.
 * No ``replicas`` on the Deployment: the HorizontalPodAutoscaler owns the count, and a replica
@@ -22,13 +18,10 @@ Decisions encoded here and why:
 
 from __future__ import annotations
 
-import ipaddress
-import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from components.render import pods
 from components.render import postgraphile as pgr
@@ -54,23 +47,7 @@ ROUTE_PREFIX: Final = "/graphql"
 # Where the JWKS Secret is mounted (a directory, never subPath: rotated keys must arrive).
 JWKS_DIR: Final = "/etc/postgraphile-jwt"
 JWKS_KEY: Final = "jwks.json"
-# The pinned tree (~30 MB) and npm's download cache (~25 MB) with room to spare.
-APP_VOLUME_LIMIT: Final = "256Mi"
-CACHE_VOLUME_LIMIT: Final = "256Mi"
 TMP_VOLUME_LIMIT: Final = "64Mi"
-# npm ci of the pinned tree peaks at ~240 MB RSS: more than the server needs, so its own limits.
-INSTALL_RESOURCES: Final = pods.Resources(
-    cpu_request="100m", memory_request="256Mi", cpu_limit="1", memory_limit="512Mi"
-)
-# Never reachable through the registry egress rule, whatever address block is configured.
-PRIVATE_RANGES: Final = (
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "100.64.0.0/10",
-    "169.254.0.0/16",
-    "127.0.0.0/8",
-)
 KUBE_DNS_NAMESPACE: Final = "kube-system"
 KUBE_DNS_LABELS: Final = {"k8s-app": "kube-dns"}
 NAMESPACE_LABEL: Final = "kubernetes.io/metadata.name"
@@ -99,12 +76,9 @@ def route_path(domains: Sequence[str]) -> str:
     return f"{ROUTE_PREFIX}/{'-'.join(domains)}"
 
 
-def config_map_data(inp: pgr.PostgraphileInput, package_files: Mapping[str, str]) -> dict[str, str]:
-    """ConfigMap payload: the rc file plus the npm files of the install step (never a secret)."""
-    missing = set(pgr.PACKAGE_FILES) - set(package_files)
-    if missing:
-        raise ValueError(f"package_files: missing {sorted(missing)}")
-    return {**pgr.config_files(inp), **{k: package_files[k] for k in pgr.PACKAGE_FILES}}
+def config_map_data(inp: pgr.PostgraphileInput) -> dict[str, str]:
+    """ConfigMap payload: the rc file (never a secret; the npm tree is in the image)."""
+    return pgr.config_files(inp)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,14 +87,15 @@ class GraphqlWorkloadInput:
 
     postgraphile: pgr.PostgraphileInput
     config_map: pods.Placed
-    """ConfigMap holding :func:`config_map_data` (mounted at ``config_dir`` and into app_dir);
+    """ConfigMap holding :func:`config_map_data` (mounted at ``config_dir``);
     a generated name, so possibly a reference the engine fills in."""
     service_account: str
     secret_name: str
     """The consumer's Secret (password, HS256 secret); the pod waits until it is in sync."""
     jwks_secret: str | None = None
     """Secret with key ``jwks.json`` mounted at :data:`JWKS_DIR` (JWKS mode only)."""
-    image: str = pgr.NODE_IMAGE
+    image: str
+    """The pilot image built from ``components/graphql/Dockerfile`` (pinned tag or digest)."""
     wait_image: str = JWT_RELOADER_IMAGE
     resources: pods.Resources
     min_replicas: int
@@ -173,38 +148,9 @@ class GraphqlWorkloadInput:
             )
 
 
-def _install_container(w: GraphqlWorkloadInput) -> dict[str, Any]:
-    inp = w.postgraphile
-    mounts: list[dict[str, Any]] = [
-        {"name": "app", "mountPath": inp.app_dir},
-        {"name": "npm-cache", "mountPath": pgr.SCRATCH_DIR},
-    ]
-    mounts += [
-        {
-            "name": "config",
-            "mountPath": posixpath.join(inp.app_dir, name),
-            "subPath": name,
-            "readOnly": True,
-        }
-        for name in pgr.PACKAGE_FILES
-    ]
-    return {
-        "name": "install",
-        "image": w.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": pgr.install_command(inp),
-        "env": pgr.install_env(inp),
-        "workingDir": inp.app_dir,
-        "resources": INSTALL_RESOURCES.to_k8s(),
-        "securityContext": pods.container_security_context(pgr.NODE_UID),
-        "volumeMounts": mounts,
-    }
-
-
 def _server_container(w: GraphqlWorkloadInput) -> dict[str, Any]:
     inp = w.postgraphile
     mounts: list[dict[str, Any]] = [
-        {"name": "app", "mountPath": inp.app_dir, "readOnly": True},
         {"name": "config", "mountPath": inp.config_dir, "readOnly": True},
         {"name": "tmp", "mountPath": pgr.SCRATCH_DIR},
     ]
@@ -230,10 +176,8 @@ def _server_container(w: GraphqlWorkloadInput) -> dict[str, Any]:
 
 
 def deployment_spec(w: GraphqlWorkloadInput) -> dict[str, Any]:
-    """The Deployment ``spec``: secret sync wait, install step, server; rolled on any change."""
+    """The Deployment ``spec``: secret sync wait, then the server; rolled on any change."""
     volumes: list[dict[str, Any]] = [
-        {"name": "app", "emptyDir": {"sizeLimit": APP_VOLUME_LIMIT}},
-        {"name": "npm-cache", "emptyDir": {"sizeLimit": CACHE_VOLUME_LIMIT}},
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_VOLUME_LIMIT}},
         {"name": "config", "configMap": {"name": w.config_map, "defaultMode": 0o444}},
     ]
@@ -269,7 +213,6 @@ def deployment_spec(w: GraphqlWorkloadInput) -> dict[str, Any]:
                         image=w.wait_image,
                         security_context=pods.container_security_context(pgr.NODE_UID),
                     ),
-                    _install_container(w),
                 ],
                 selector=selector(),
                 service_account=w.service_account,
@@ -367,35 +310,6 @@ def service_account_spec() -> dict[str, Any]:
     return {"automountServiceAccountToken": False}
 
 
-def registry_port(registry: str) -> int:
-    """TCP port of an ``https://`` npm registry URL (443 unless the URL names one)."""
-    parts = urlsplit(registry)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"npm_registry: {registry!r} is not an https:// URL")
-    return parts.port or 443
-
-
-def _ip_blocks(cidrs: Sequence[str]) -> list[dict[str, Any]]:
-    blocks = []
-    for cidr in cidrs:
-        try:
-            network = ipaddress.ip_network(cidr)
-        except ValueError:
-            raise ValueError(f"registry_cidrs: {cidr!r} is not a CIDR block") from None
-        if network.version != 4:
-            raise ValueError(f"registry_cidrs: {cidr!r}: only IPv4 blocks are supported")
-        block: dict[str, Any] = {"cidr": str(network)}
-        excluded = [
-            str(private)
-            for private in map(ipaddress.IPv4Network, PRIVATE_RANGES)
-            if private != network and private.subnet_of(network)
-        ]
-        if excluded:
-            block["except"] = excluded
-        blocks.append({"ipBlock": block})
-    return blocks
-
-
 @dataclass(frozen=True, kw_only=True)
 class NetworkInput:
     """Who may talk to the pods and whom they may reach."""
@@ -405,21 +319,16 @@ class NetworkInput:
     server_port: int
     pgbouncer_selector: Mapping[str, str]
     pgbouncer_port: int
-    registry_port: int
-    registry_cidrs: tuple[str, ...]
     dns_namespace: str = KUBE_DNS_NAMESPACE
     dns_selector: Mapping[str, str] = field(default_factory=lambda: dict(KUBE_DNS_LABELS))
 
     def __post_init__(self) -> None:
-        if not self.registry_cidrs:
-            raise ValueError("registry_cidrs: the install step needs the npm registry's address")
-        _ip_blocks(self.registry_cidrs)
         if not self.pgbouncer_selector:
             raise ValueError("pgbouncer_selector: must select the PgBouncer pods")
 
 
 def network_policy_spec(n: NetworkInput) -> dict[str, Any]:
-    """Ingress from the gateway only; egress to PgBouncer, DNS and the npm registry (HTTPS)."""
+    """Ingress from the gateway's proxies only; egress to PgBouncer and DNS, nothing else."""
     dns_ports = [{"protocol": proto, "port": 53} for proto in ("UDP", "TCP")]
     return {
         "podSelector": {"matchLabels": selector()},
@@ -443,11 +352,6 @@ def network_policy_spec(n: NetworkInput) -> dict[str, Any]:
                     }
                 ],
                 "ports": dns_ports,
-            },
-            {
-                # The install step's npm ci (package metadata and tarballs over HTTPS).
-                "to": _ip_blocks(n.registry_cidrs),
-                "ports": [{"protocol": "TCP", "port": n.registry_port}],
             },
         ],
     }

@@ -1,8 +1,8 @@
 """PostGraphile (GraphQL pilot) container: command, arguments, environment and config files.
 
 The pilot serves the ``identity`` schema over GraphQL with the same JWTs and the very same row
-level security as PostgREST. PostGraphile 4.14 (not 5.x: v5 requires Node >= 22, its grafast
-runtime calls ``Promise.withResolvers``, and the platform's Node is 20) is started through its
+level security as PostgREST. PostGraphile 4.14 (the 4.x line this rc file and the tests are
+written for; 5.x is a different API) runs from the pilot image and is started through its
 CLI, which loads ``.postgraphilerc.js`` from its working directory. That file is rendered here:
 it verifies the bearer JWT with PostgREST's rules (HS256 secret or a JWKS file, audience,
 30 s skew on exp/nbf/iat, kid selection) and returns ``{role, 'request.jwt.claims'}`` from
@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 POSTGRAPHILE_VERSION: Final = "4.14.1"
-# node:20 matches the Node the tests run on; PostGraphile 4 declares node >= 8.6.
-NODE_IMAGE: Final = "docker.io/library/node:20.20.2-alpine"
-# The image's unprivileged "node" user: run both containers as it.
+# The pilot image's unprivileged "node" user (components/graphql/Dockerfile: USER 1000:1000).
 NODE_UID: Final = 1000
 RC_FILE: Final = ".postgraphilerc.js"
 PACKAGE_FILES: Final = ("package.json", "package-lock.json")
-# The pinned npm tree the pod installs and the integration tests run.
+# The pinned npm tree the image is built from and the integration tests run.
 PACKAGE_DIR: Final = Path(__file__).resolve().parents[1] / "graphql"
-# Writable emptyDir of the install step (npm's cache and HOME); the root filesystem is read-only.
+# Writable emptyDir of the server; the root filesystem is read-only.
 SCRATCH_DIR: Final = "/tmp"  # noqa: S108 - an emptyDir private to the pod
 # Never JWT_SECRET: the v4 CLI reads that variable and would switch on its own JWT handling
 # (audience "postgraphile", no request.jwt.claims), bypassing the rendered pgSettings.
@@ -52,7 +50,6 @@ _ROUTE = re.compile(r"^/[A-Za-z0-9_/-]*[A-Za-z0-9_-]$")
 _SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 _AUDIENCE = re.compile(r"^[\x21-\x7e]{1,255}$")
-_REGISTRY = re.compile(r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$")
 # One step of the supported JSPath subset: .key, ."quoted key" or [index].
 _JSPATH_STEP = re.compile(r'\.([A-Za-z0-9_$@]+)|\."([^"]+)"|\[([0-9]+)\]')
 
@@ -104,7 +101,7 @@ class PostgraphileInput:
     max_pool_size: int = 10
     config_dir: str = "/etc/postgraphile"
     app_dir: str = "/app"
-    npm_registry: str | None = None
+    """Where the image holds the npm tree (the Dockerfile's WORKDIR)."""
     role_claim_path: tuple[str | int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -179,8 +176,6 @@ def _check_server(inp: PostgraphileInput) -> None:
         raise ValueError("graphiql_route: must differ from graphql_route")
     _check_path("config_dir", inp.config_dir)
     _check_path("app_dir", inp.app_dir)
-    if inp.npm_registry is not None and not _REGISTRY.match(inp.npm_registry):
-        raise ValueError(f"npm_registry: {inp.npm_registry!r} is not an https:// URL")
 
 
 def _check_port(name: str, value: int) -> None:
@@ -227,7 +222,7 @@ def connection_string(inp: PostgraphileInput) -> str:
 
 
 def container_command(inp: PostgraphileInput) -> list[str]:
-    """Run the CLI of the pinned PostGraphile that the install step put under ``app_dir``."""
+    """Run the CLI of the pinned PostGraphile the image holds under ``app_dir``."""
     return ["node", f"{inp.app_dir}/node_modules/postgraphile/cli.js"]
 
 
@@ -280,37 +275,6 @@ def container_env(inp: PostgraphileInput) -> list[dict[str, Any]]:
     return env
 
 
-def install_command(inp: PostgraphileInput) -> list[str]:
-    """Init step: install exactly the lockfile's tree into ``app_dir`` (an emptyDir).
-
-    ``package.json`` and ``package-lock.json`` must be present in ``app_dir`` (ConfigMap keys
-    mounted with ``subPath``); ``--ignore-scripts`` keeps third-party install scripts from
-    running, and ``npm ci`` refuses a tree that does not match the lockfile's integrity hashes.
-    """
-    return [
-        "npm",
-        "ci",
-        "--prefix",
-        inp.app_dir,
-        "--omit=dev",
-        "--ignore-scripts",
-        "--no-audit",
-        "--no-fund",
-        "--no-update-notifier",
-    ]
-
-
-def install_env(inp: PostgraphileInput) -> list[dict[str, Any]]:
-    """npm needs a writable cache and HOME; the root filesystem stays read-only."""
-    env: list[dict[str, Any]] = [
-        {"name": "HOME", "value": SCRATCH_DIR},
-        {"name": "npm_config_cache", "value": f"{SCRATCH_DIR}/.npm"},
-    ]
-    if inp.npm_registry is not None:
-        env.append({"name": "npm_config_registry", "value": inp.npm_registry})
-    return env
-
-
 def rc_config(inp: PostgraphileInput) -> dict[str, Any]:
     """The settings baked into ``.postgraphilerc.js`` (no secret: only the env var's name)."""
     return {
@@ -337,7 +301,7 @@ def config_files(inp: PostgraphileInput) -> dict[str, str]:
 
 
 def read_package_files(directory: Path = PACKAGE_DIR) -> dict[str, str]:
-    """``package.json`` + ``package-lock.json`` for the install step, checked to pin PostGraphile.
+    """``package.json`` + ``package-lock.json`` of the image, checked to pin PostGraphile.
 
     The same two files drive the integration tests, so the tree the pod installs is the tested
     one. A lockfile that does not pin :data:`POSTGRAPHILE_VERSION` exactly is refused.

@@ -1,8 +1,9 @@
 """The GraphQL pilot: the real PostGraphile, started from the rendered Deployment and ConfigMap.
 
 Nothing here is built from the Python builders: the pod is read back from the offline render
-(``build/<stack>/manifests`` and ``files``). The install step's ``npm ci`` runs as rendered
-(package files from the ConfigMap), and each server runs the rendered command, arguments,
+(``build/<stack>/manifests`` and ``files``). The npm tree is the image's: the ``RUN npm ci``
+line of ``components/graphql/Dockerfile`` runs on the files its ``COPY`` takes (the very same
+``package-lock.json``), and each server runs the rendered command, arguments,
 environment (secretKeyRefs resolved as the kubelet would) and ``.postgraphilerc.js``; only
 what cannot be the same on a test machine is rewritten (mount paths, the PgBouncer address,
 the listen address and port), and the rewrite refuses to touch anything else.
@@ -74,12 +75,11 @@ HOST_NETWORK_ENV = frozenset(
     {"NODE_EXTRA_CA_CERTS", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"}
     | {"NO_PROXY", "no_proxy"}
 )
-# Prod's stack file with the pilot switched on: the mirror settings prod requires for it.
+# Prod's stack file with the pilot switched on: prod names the image its pipeline pushed.
 PROD_PILOT_CONFIG = {
     "pgplatform:graphql": {
         "enabled": True,
-        "npmRegistry": "https://npm.mirror.internal.example.com/",
-        "npmRegistryCidrs": ["10.40.3.0/24"],
+        "image": "registry.internal.example.com/pgplatform/graphql-pilot:4.14.1-0123456789ab",
     }
 }
 Conn = psycopg.Connection[Any]
@@ -105,7 +105,6 @@ class DeployedPilot:
     """The PostGraphile pod of one render: its containers and its ConfigMap files."""
 
     server: dict[str, Any]
-    install: dict[str, Any]
     files: dict[str, str]
     mounts: dict[str, str] = field(default_factory=dict)
     """Volume name -> mount path in the server container."""
@@ -126,11 +125,11 @@ def deployed_pilot(build: Path) -> DeployedPilot:
     ]
     pod = deployment["spec"]["template"]["spec"]
     (server,) = pod["containers"]
-    (install,) = [c for c in pod["initContainers"] if c["name"] == "install"]
+    # The image holds the tree: no install step runs in the pod.
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-secrets"]
     (config_map,) = [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v]
     return DeployedPilot(
         server=server,
-        install=install,
         files=config_map_files(build, config_map, manifests),
         mounts={m["name"]: m["mountPath"] for m in server["volumeMounts"]},
     )
@@ -326,21 +325,42 @@ def _rewrite_prefix(value: str, old: str, new: str) -> str:
     return new + value[len(old) :] if value == old or value.startswith(f"{old}/") else value
 
 
-def install_tree(pilot: DeployedPilot, root: Path) -> Path:
-    """Run the rendered install step (``npm ci`` of the ConfigMap's lockfile) into a local dir.
+@dataclass(frozen=True)
+class ImageRecipe:
+    """What ``components/graphql/Dockerfile`` installs: its files, its npm ci, its WORKDIR."""
+
+    package_files: dict[str, str]
+    command: list[str]
+    app_dir: str
+    entrypoint: list[str]
+
+
+def image_recipe() -> ImageRecipe:
+    from components.render import graphql_image as gi
+
+    context = ROOT / "components" / "graphql"
+    build, final = gi.stages(gi.parse_dockerfile((context / gi.DOCKERFILE).read_text()))
+    (copy,) = [i.argument.split() for i in build if i.keyword == "COPY"]
+    *sources, _destination = copy
+    workdir = [i.argument for i in final if i.keyword == "WORKDIR"][-1]
+    entrypoint = next(i.argument for i in final if i.keyword == "ENTRYPOINT")
+    return ImageRecipe(
+        package_files={name: (context / name).read_text() for name in sources},
+        command=gi.npm_ci_command(build),
+        app_dir=workdir,
+        entrypoint=json.loads(entrypoint),
+    )
+
+
+def install_tree(recipe: ImageRecipe, root: Path) -> Path:
+    """Run the Dockerfile's ``npm ci`` on the files it copies, into a local directory.
 
     The tree is kept under ``root`` by a key of the package files and the command, so a later
-    run reuses exactly what the same install step produced.
+    run reuses exactly what the same install produced.
     """
-    app_dir = next(m["mountPath"] for m in pilot.install["volumeMounts"] if m["name"] == "app")
-    package_files = {
-        Path(m["mountPath"]).name: pilot.files[m["subPath"]]
-        for m in pilot.install["volumeMounts"]
-        if "subPath" in m
-    }
-    assert set(package_files) == {"package.json", "package-lock.json"}, package_files
+    assert set(recipe.package_files) == {"package.json", "package-lock.json"}, recipe
     key = hashlib.sha256(
-        json.dumps([package_files, pilot.install["command"]], sort_keys=True).encode()
+        json.dumps([recipe.package_files, recipe.command], sort_keys=True).encode()
     ).hexdigest()[:16]
     target = root / key
     if (target / "node_modules" / "postgraphile" / "package.json").is_file():
@@ -352,21 +372,19 @@ def install_tree(pilot: DeployedPilot, root: Path) -> Path:
     try:
         local_app = work / "app"
         local_app.mkdir()
-        for name, text in package_files.items():
+        for name, text in recipe.package_files.items():
             (local_app / name).write_text(text)
-            (local_app / name).chmod(0o444)  # subPath mounts of a ConfigMap are read-only
-        command = [
-            _rewrite_prefix(part, app_dir, str(local_app)) for part in pilot.install["command"]
-        ]
-        assert command[0] == "npm", command
-        # This machine's way out to the registry (proxy, extra CA) is kept: the pod's is the
-        # cluster's egress, not part of the rendered spec.
+        assert recipe.command[0] == "npm", recipe.command
+        # This machine's way out to the registry (proxy, extra CA) is kept: the image build's
+        # is the builder's, not part of the Dockerfile.
         env = {k: v for k, v in os.environ.items() if k in HOST_NETWORK_ENV}
-        env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
-        for var in pilot.install["env"]:
-            env[var["name"]] = _rewrite_prefix(var["value"], "/tmp", str(scratch))
+        env.update(
+            PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+            HOME=str(scratch),
+            npm_config_cache=str(scratch / ".npm"),
+        )
         result = subprocess.run(
-            [npm, *command[1:]],
+            [npm, *recipe.command[1:]],
             cwd=local_app,
             env=env,
             capture_output=True,
@@ -375,8 +393,8 @@ def install_tree(pilot: DeployedPilot, root: Path) -> Path:
             check=False,
         )
         if result.returncode != 0:
-            pytest.fail(f"the rendered npm ci failed:\n{result.stdout}\n{result.stderr}")
-        for name, text in package_files.items():
+            pytest.fail(f"the Dockerfile's npm ci failed:\n{result.stdout}\n{result.stderr}")
+        for name, text in recipe.package_files.items():
             assert (local_app / name).read_text() == text, f"npm ci changed {name}"
         os.replace(local_app, target)
     finally:
@@ -447,7 +465,8 @@ class PostGraphile:
         # The ConfigMap mount is the working directory, where the CLI finds its rc file.
         assert server["workingDir"] == mounts["config"], (server["workingDir"], mounts)
         rc = rc_config(self.pilot.rc_file)
-        assert rc["appDir"] == mounts["app"]
+        recipe = image_recipe()
+        assert rc["appDir"] == recipe.app_dir, "the rc file loads modules from the image's tree"
         replacements = {"appDir": str(self.app)}
         if "jwks" in mounts:
             assert Path(rc["jwksFile"]).parent == Path(mounts["jwks"]), rc
@@ -460,7 +479,9 @@ class PostGraphile:
         node = require_tool("node", "nodejs")
         command = server["command"]
         assert command[0] == "node", command
-        cli = _rewrite_prefix(command[1], mounts["app"], str(self.app))
+        # The pod's command is the image's ENTRYPOINT.
+        assert command == recipe.entrypoint, (command, recipe.entrypoint)
+        cli = _rewrite_prefix(command[1], recipe.app_dir, str(self.app))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **resolve_env(server["env"])}
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
@@ -558,13 +579,9 @@ def servers(
     """staging's pilot (HS256) and prod's pilot configuration (JWKS), on the rw pool."""
     staging = deployed_pilot(staging_build)
     prod = deployed_pilot(prod_pilot_build)
-    # prod installs from its mirror, which this machine cannot reach: the same files must be
-    # installed by the same command, only the registry differs.
-    assert {k: prod.files[k] for k in ("package.json", "package-lock.json")} == {
-        k: staging.files[k] for k in ("package.json", "package-lock.json")
-    }
-    assert prod.install["command"] == staging.install["command"]
-    app = install_tree(staging, npm_root)
+    # Both run an image built from the same Dockerfile: one tree serves both servers.
+    assert prod.server["command"] == staging.server["command"]
+    app = install_tree(image_recipe(), npm_root)
     started: dict[str, PostGraphile] = {}
     try:
         for name, pilot in (("staging", staging), ("prod", prod)):

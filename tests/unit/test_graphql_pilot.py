@@ -28,13 +28,8 @@ GRANT_ROLE = "postgresql:index/grantRole:GrantRole"
 KV = "vault:kv/secretV2:SecretV2"
 RANDOM = "random:index/randomPassword:RandomPassword"
 PILOT = "pgplatform:index:GraphqlPilot"
-PROD_PILOT = {
-    "graphql": {
-        "enabled": True,
-        "npmRegistry": "https://npm.mirror.internal.example.com/",
-        "npmRegistryCidrs": ["10.40.3.0/24"],
-    }
-}
+PILOT_IMAGE = "registry.internal.example.com/pgplatform/graphql-pilot:4.14.1-0123456789ab"
+PROD_PILOT = {"graphql": {"enabled": True, "image": PILOT_IMAGE}}
 
 
 def settings_of(stack: str, config: dict[str, str], secrets: list[str]) -> StackSettings:
@@ -156,11 +151,46 @@ def test_the_pilot_logs_in_as_its_own_locked_down_authenticator(
     assert kv_values(mocks, "/graphql")["password"] == auth["password"]["value"]
 
 
-def test_prod_refuses_the_pilot_without_a_private_mirror() -> None:
+def test_prod_refuses_the_pilot_without_its_image() -> None:
     config, secrets = stack_config("prod")
     config["pgplatform:graphql"] = json.dumps({"enabled": True})
-    with pytest.raises(SettingsError, match=r"pgplatform:graphql\.npmRegistryCidrs: prod installs"):
+    with pytest.raises(SettingsError, match=r"pgplatform:graphql\.image: prod runs the pilot"):
         settings_of("prod", config, secrets)
+
+
+@pytest.mark.parametrize(
+    ("image", "hint"),
+    [
+        ("ghcr.io/pgplatform/graphql-pilot:latest", "'latest' is not a pinned version"),
+        ("ghcr.io/pgplatform/graphql-pilot", "pin a tag or a digest"),
+        ("graphql-pilot:1.0", "not an image reference"),
+        ("pgplatform/graphql-pilot:1.0", "name the registry host"),
+    ],
+)
+def test_bad_pilot_image_names_the_key(image: str, hint: str) -> None:
+    config, secrets = stack_config("prod")
+    config["pgplatform:graphql"] = json.dumps({"enabled": True, "image": image})
+    with pytest.raises(SettingsError, match=r"pgplatform:graphql\.image: ") as caught:
+        settings_of("prod", config, secrets)
+    assert hint in str(caught.value)
+
+
+@pytest.mark.parametrize("program", ["staging", "prod-pilot"])
+def test_pod_runs_the_built_image_and_installs_nothing(
+    programs: dict[str, Any], program: str
+) -> None:
+    from components.render.graphql_image import default_reference
+
+    mocks, s = programs[program]
+    pilot = pilot_objects(mocks)
+    pod = pilot["Deployment"]["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    expected = PILOT_IMAGE if program == "prod-pilot" else default_reference()
+    assert server["image"] == expected
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-for-secrets"]
+    assert {v["name"] for v in pod["volumes"]} <= {"tmp", "config", "jwks"}
+    assert set(pilot["ConfigMap"]["data"]) == {pgr.RC_FILE}
+    assert s.graphql.enabled
 
 
 # -- the same tokens and the same database context as the REST APIs --------------------------------
@@ -305,11 +335,12 @@ def test_network_reach(programs: dict[str, Any], program: str) -> None:
     assert ingress["from"] == [
         {"namespaceSelector": {"matchLabels": {gw.NAMESPACE_LABEL: s.gateway.namespace}}}
     ]
-    pooler, _dns, registry = policy["egress"]
+    # PgBouncer and DNS only: no address block, so no way out of the cluster.
+    pooler, _dns = policy["egress"]
     assert pooler["to"][0]["podSelector"]["matchLabels"] == pods.selector_labels(
         "pgbouncer", "pgbouncer"
     )
-    assert [b["ipBlock"]["cidr"] for b in registry["to"]] == s.graphql.npm_registry_cidrs
+    assert "ipBlock" not in json.dumps(policy)
 
 
 # -- args validate themselves ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.unit
 K8S_VERSION = "1.33.0"
 CHECKSUM = "ab" * 32
 SECRETS_CHECKSUM = "cd" * 32
+IMAGE = "ghcr.io/pgplatform/graphql-pilot:4.14.1-0123456789ab"
 DB_PASSWORD = pgr.SecretKeyRef(name="graphql-secrets", key="db_password")
 JWT_SECRET = pgr.SecretKeyRef(name="graphql-secrets", key="jwt_secret")
 
@@ -46,6 +47,7 @@ def workload(**overrides: Any) -> gw.GraphqlWorkloadInput:
         "postgraphile": postgraphile(),
         "config_map": "graphql-config-1234abcd",
         "service_account": "graphql",
+        "image": IMAGE,
         "secret_name": "graphql-secrets",
         "resources": pods.Resources(
             cpu_request="100m", memory_request="128Mi", cpu_limit="500m", memory_limit="256Mi"
@@ -90,8 +92,6 @@ def test_core_objects_pass_the_kubernetes_schema(make: Any) -> None:
         server_port=w.postgraphile.port,
         pgbouncer_selector=pods.selector_labels("pgbouncer", "pgbouncer"),
         pgbouncer_port=5432,
-        registry_port=443,
-        registry_cidrs=("0.0.0.0/0",),
     )
     objects = [
         manifest("apps/v1", "Deployment", gw.deployment_spec(w)),
@@ -163,13 +163,13 @@ def test_every_container_is_hardened(make: Any) -> None:
     assert spec["securityContext"] == pods.pod_security_context(pgr.NODE_UID)
     assert spec["topologySpreadConstraints"] == pods.topology_spread(gw.selector())
     containers = spec["initContainers"] + spec["containers"]
-    assert [c["name"] for c in containers] == ["wait-for-secrets", "install", "postgraphile"]
+    assert [c["name"] for c in containers] == ["wait-for-secrets", "postgraphile"]
     for container in containers:
         assert container["securityContext"] == pods.container_security_context(pgr.NODE_UID)
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert re.search(r":[0-9][A-Za-z0-9._-]*$", container["image"]), container["image"]
         assert set(container["resources"]) == {"requests", "limits"}
-    assert {c["image"] for c in containers[1:]} == {pgr.NODE_IMAGE}
+    assert {c["image"] for c in containers[1:]} == {IMAGE}
     (server,) = spec["containers"]
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert server[probe]["tcpSocket"] == {"port": "http"}, probe
@@ -187,22 +187,17 @@ def test_every_container_is_hardened(make: Any) -> None:
     assert actual["valueFrom"]["secretKeyRef"]["name"] == "graphql-secrets"
 
 
-def test_install_step_writes_only_its_emptydirs() -> None:
+def test_server_writes_only_its_tmp_emptydir() -> None:
     spec = pod_spec(workload())
-    install = spec["initContainers"][1]
     (server,) = spec["containers"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    writable = {m["name"] for m in install["volumeMounts"] if not m.get("readOnly")}
-    assert writable == {"app", "npm-cache"}
-    assert all("emptyDir" in volumes[name] for name in writable)
-    assert all("sizeLimit" in v["emptyDir"] for v in volumes.values() if "emptyDir" in v)
-    # package.json + lockfile from the ConfigMap, file by file, into the install directory.
-    subpaths = {m["subPath"]: m["mountPath"] for m in install["volumeMounts"] if "subPath" in m}
-    assert subpaths == {name: f"/app/{name}" for name in pgr.PACKAGE_FILES}
-    assert install["command"] == pgr.install_command(workload().postgraphile)
-    # The server cannot change the installed tree.
+    writable = {m["name"] for m in server["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"tmp"}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"]
+    # Nothing is installed at start: the npm tree is in the image.
+    assert "app" not in volumes
+    assert "npm-cache" not in volumes
     mounts = {m["name"]: m for m in server["volumeMounts"]}
-    assert mounts["app"]["readOnly"] is True
     assert mounts["config"] == {
         "name": "config",
         "mountPath": "/etc/postgraphile",
@@ -244,13 +239,10 @@ def test_jwks_secret_is_mounted_as_a_directory() -> None:
     assert all(var["name"] != pgr.JWT_SECRET_ENV for var in server["env"])
 
 
-def test_config_map_holds_the_rc_file_and_the_pinned_package_files() -> None:
+def test_config_map_holds_only_the_rc_file() -> None:
     inp = postgraphile()
-    data = gw.config_map_data(inp, pgr.read_package_files())
-    assert set(data) == {pgr.RC_FILE, *pgr.PACKAGE_FILES}
-    assert data[pgr.RC_FILE] == pgr.render_rc_file(inp)
-    with pytest.raises(ValueError, match=r"^package_files: missing \['package-lock.json'\]"):
-        gw.config_map_data(inp, {"package.json": "{}"})
+    data = gw.config_map_data(inp)
+    assert data == {pgr.RC_FILE: pgr.render_rc_file(inp)}
 
 
 # -- network policy ----------------------------------------------------------------------------
@@ -260,8 +252,6 @@ def network(**overrides: Any) -> gw.NetworkInput:
         "server_port": 5000,
         "pgbouncer_selector": pods.selector_labels("pgbouncer", "pgbouncer"),
         "pgbouncer_port": 5432,
-        "registry_port": 443,
-        "registry_cidrs": ("0.0.0.0/0",),
     }
     values.update(overrides)
     return gw.NetworkInput(**values)
@@ -281,37 +271,16 @@ def test_ingress_only_from_the_gateway_on_the_server_port() -> None:
     ]
 
 
-def test_egress_is_pgbouncer_dns_and_the_registry_over_https() -> None:
-    pooler, dns, registry = gw.network_policy_spec(network())["egress"]
+def test_egress_is_pgbouncer_and_dns_only() -> None:
+    pooler, dns = gw.network_policy_spec(network())["egress"]
     assert pooler == {
         "to": [{"podSelector": {"matchLabels": pods.selector_labels("pgbouncer", "pgbouncer")}}],
         "ports": [{"protocol": "TCP", "port": 5432}],
     }
     assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {gw.NAMESPACE_LABEL: "kube-system"}
     assert {p["protocol"] for p in dns["ports"]} == {"UDP", "TCP"}
-    assert registry["ports"] == [{"protocol": "TCP", "port": 443}]
-    (block,) = registry["to"]
-    # A public-registry default never opens the cluster's networks or cloud metadata.
-    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
-    assert set(block["ipBlock"]["except"]) == set(gw.PRIVATE_RANGES)
-    assert "169.254.0.0/16" in block["ipBlock"]["except"]
-
-
-def test_a_private_mirror_block_is_taken_as_is() -> None:
-    _, _, registry = gw.network_policy_spec(
-        network(registry_cidrs=("10.40.3.0/24",), registry_port=8443)
-    )["egress"]
-    assert registry == {
-        "to": [{"ipBlock": {"cidr": "10.40.3.0/24"}}],
-        "ports": [{"protocol": "TCP", "port": 8443}],
-    }
-
-
-def test_registry_port_comes_from_the_url() -> None:
-    assert gw.registry_port("https://registry.npmjs.org/") == 443
-    assert gw.registry_port("https://npm.internal:8443/repository/npm/") == 8443
-    with pytest.raises(ValueError, match=r"^npm_registry: "):
-        gw.registry_port("http://registry.npmjs.org/")
+    # No address block: the pod reaches nothing outside the cluster (no package registry).
+    assert "ipBlock" not in json.dumps(gw.network_policy_spec(network()))
 
 
 # -- validation names the field ----------------------------------------------------------------
@@ -349,9 +318,6 @@ def test_jwks_file_must_be_the_mounted_one() -> None:
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"registry_cidrs": ()}, "registry_cidrs"),
-        ({"registry_cidrs": ("10.0.0.300/24",)}, "registry_cidrs"),
-        ({"registry_cidrs": ("fd00::/8",)}, "registry_cidrs"),
         ({"pgbouncer_selector": {}}, "pgbouncer_selector"),
     ],
 )

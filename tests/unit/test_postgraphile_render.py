@@ -131,21 +131,6 @@ def test_sslmode_in_connection_string(sslmode: str, rootcert: str | None, expect
     assert "application_name=postgraphile" in url
 
 
-def test_install_step_uses_the_lockfile_without_scripts() -> None:
-    command = pgr.install_command(make())
-    assert command[:2] == ["npm", "ci"]
-    assert command[command.index("--prefix") + 1] == "/app"
-    assert "--ignore-scripts" in command
-    assert "--omit=dev" in command
-    env = {var["name"]: var["value"] for var in pgr.install_env(make())}
-    assert env == {"HOME": "/tmp", "npm_config_cache": "/tmp/.npm"}
-    mirror = {
-        var["name"]: var["value"]
-        for var in pgr.install_env(make(npm_registry="https://npm.example.com/"))
-    }
-    assert mirror["npm_config_registry"] == "https://npm.example.com/"
-
-
 # -- rc file ---------------------------------------------------------------------------------------
 def test_rc_file_embeds_the_settings() -> None:
     inp = make(jwt_role_claim_key='."https://example.com/claims".roles[0]', default_role="api_user")
@@ -258,7 +243,6 @@ def test_role_claim_key_outside_the_subset_is_refused(key: str) -> None:
         ({"max_pool_size": True}, "max_pool_size"),
         ({"config_dir": "etc"}, "config_dir"),
         ({"app_dir": "/app dir"}, "app_dir"),
-        ({"npm_registry": "http://npm.example.com"}, "npm_registry"),
     ],
 )
 def test_bad_input_names_the_field(overrides: dict[str, Any], field: str) -> None:
