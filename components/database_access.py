@@ -82,11 +82,15 @@ class DatabaseAccess(pulumi.ComponentResource):
                 opts=opts_pg,
             )
 
-        def after(*names: str) -> pulumi.ResourceOptions:
-            deps = [roles[n] for n in names if n in roles]
+        schemas: dict[str, pg.Schema] = {}
+
+        def after(*names: str, schema: str | None = None) -> pulumi.ResourceOptions:
+            """After the named roles and, when the plan creates it, ``schema``."""
+            deps: list[pulumi.Resource] = [roles[n] for n in names if n in roles]
+            if schema in schemas:
+                deps.append(schemas[schema])
             return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=deps)
 
-        schemas: dict[str, pg.Schema] = {}
         for schema in plan.schemas:
             schemas[schema.name] = pg.Schema(
                 f"{name}-schema-{schema.name}",
@@ -117,11 +121,6 @@ class DatabaseAccess(pulumi.ComponentResource):
             )
 
         for g in plan.schema_grants:
-            deps = after(g.role)
-            if g.schema in schemas:
-                deps = pulumi.ResourceOptions.merge(
-                    deps, pulumi.ResourceOptions(depends_on=[schemas[g.schema]])
-                )
             pg.Grant(
                 f"{name}-usage-{g.schema}-{g.role}",
                 database=args.database,
@@ -129,16 +128,11 @@ class DatabaseAccess(pulumi.ComponentResource):
                 schema=g.schema,
                 role=g.role,
                 privileges=list(g.privileges),
-                opts=deps,
+                opts=after(g.role, schema=g.schema),
             )
 
         for dg in plan.default_grants:
             scope = dg.schema or "all"
-            deps = after(dg.owner, dg.role)
-            if dg.schema in schemas:
-                deps = pulumi.ResourceOptions.merge(
-                    deps, pulumi.ResourceOptions(depends_on=[schemas[dg.schema]])
-                )
             pg.DefaultPrivileges(
                 f"{name}-default-{scope}-{dg.object_type}-{dg.role}",
                 database=args.database,
@@ -147,15 +141,10 @@ class DatabaseAccess(pulumi.ComponentResource):
                 role=dg.role,
                 object_type=dg.object_type,
                 privileges=list(dg.privileges),
-                opts=deps,
+                opts=after(dg.owner, dg.role, schema=dg.schema),
             )
 
         for og in plan.object_grants:
-            deps = after(og.role)
-            if og.schema in schemas:
-                deps = pulumi.ResourceOptions.merge(
-                    deps, pulumi.ResourceOptions(depends_on=[schemas[og.schema]])
-                )
             # No ``objects``: every object of the type in the schema, as it exists when applied.
             pg.Grant(
                 f"{name}-existing-{og.schema}-{og.object_type}-{og.role}",
@@ -164,7 +153,7 @@ class DatabaseAccess(pulumi.ComponentResource):
                 object_type=og.object_type,
                 role=og.role,
                 privileges=list(og.privileges),
-                opts=deps,
+                opts=after(og.role, schema=og.schema),
             )
 
         self.roles = pulumi.Output.from_input([spec.name for spec in plan.roles])
