@@ -20,22 +20,32 @@ Per request:
 Targets: pooled with zero failed connections or transactions and tps >= 0.8 x the best direct
 tps. Also printed: CPU per transaction (all processes share this machine's cores) and
 PgBouncer's share of it. Loopback only; every run is bounded by ``--seconds``.
+
+``--reset-cost RUNS`` measures instead what resetting every server connection after each
+transaction costs (``server_reset_query_always = 1`` with ``DISCARD ALL``, docs/database.md):
+the pooled run of each request, ``RUNS`` times, alternating between the rendered ini and the
+same ini with the reset on or off, and prints each variant's tps (median, min, max) and the
+median cost. The decision's threshold is a cost below 10 %.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import banner, render_stack, temp_dir, tool
+from components.render.pgbouncer import RESET_PARAMETERS
 from tests.integration.pg import PG_BIN, running_cluster
 from tests.integration.pooler import PASSWORDS, ini_sections, prepare_database, start_pgbouncer
 
@@ -173,13 +183,119 @@ def pgbench(
     return run
 
 
+RESET_THRESHOLD = 0.10
+
+
+def with_reset(ini_text: str, *, on: bool) -> str:
+    """``ini_text`` with the after-transaction reset switched on or off (nothing else changed)."""
+    keys = set(RESET_PARAMETERS)
+    lines = [line for line in ini_text.splitlines() if line.split("=", 1)[0].strip() not in keys]
+    if on:
+        lines += [f"{key} = {value}" for key, value in RESET_PARAMETERS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def reset_variant(build: Path, work: Path, *, on: bool) -> Path:
+    """A copy of the rendered stack whose ``pgbouncer.ini`` resets connections (or not)."""
+    variant = work / ("build-reset-on" if on else "build-reset-off")
+    shutil.copytree(build, variant)
+    [ini] = sorted((variant / "files").glob("*/pgbouncer.ini"))
+    ini.write_text(with_reset(ini.read_text(), on=on))
+    return variant
+
+
+def reset_cost(args: argparse.Namespace, work: Path, build: Path) -> int:
+    """Pooled tps with and without the reset, alternating, ``args.reset_cost`` times each."""
+    max_conn = args.max_connections
+    variants = {on: reset_variant(build, work, on=on) for on in (False, True)}
+    # Both poolers run side by side (no restart between runs): room for both pools.
+    settings = {"max_connections": str(3 * max_conn), "shared_buffers": "128MB"}
+    tps: dict[tuple[str, bool], list[float]] = {}
+    failures = 0
+    with (
+        running_cluster(tls_only=True, settings=settings) as cluster,
+        contextlib.ExitStack() as stack,
+    ):
+        database = prepare_database(cluster, build)
+        _load(cluster, database)
+        poolers = {
+            on: stack.enter_context(start_pgbouncer(variants[on], cluster)) for on in variants
+        }
+        for run in range(args.reset_cost):
+            for on in (False, True) if run % 2 == 0 else (True, False):
+                banner(f"run {run + 1}/{args.reset_cost}: reset {'on' if on else 'off'}")
+                pgbouncer = poolers[on]
+                pid = pgbouncer._process.pid if pgbouncer._process else None
+                for request in REQUESTS:
+                    script = work / f"{request}.sql"
+                    script.write_text(script_text(request))
+                    result = pgbench(
+                        f"{request} reset {'on' if on else 'off'}",
+                        host=pgbouncer.host,
+                        port=pgbouncer.port,
+                        dbname=f"{database}_rw",
+                        clients=10 * max_conn,
+                        seconds=args.seconds,
+                        script=script,
+                        sslmode="disable",
+                        pooler_pid=pid,
+                    )
+                    if result.tps == 0:
+                        print(result.output[-2000:], pgbouncer.log()[-2000:], sep="\n")
+                    failures += result.failed != 0 or result.aborted or result.tps == 0
+                    tps.setdefault((request, on), []).append(result.tps)
+    banner("result: cost of server_reset_query_always = 1 (DISCARD ALL after each transaction)")
+    costs = []
+    for request in REQUESTS:
+        off_tps, on_tps = tps[(request, False)], tps[(request, True)]
+        cost = 1 - statistics.median(on_tps) / statistics.median(off_tps)
+        costs.append(cost)
+        print(
+            f"{request}: reset off median {statistics.median(off_tps):.0f} tps "
+            f"(min {min(off_tps):.0f}, max {max(off_tps):.0f}); reset on median "
+            f"{statistics.median(on_tps):.0f} tps (min {min(on_tps):.0f}, "
+            f"max {max(on_tps):.0f}); cost {cost:+.1%} (runs: off "
+            f"{[round(v) for v in off_tps]}, on {[round(v) for v in on_tps]})"
+        )
+    worst = max(costs)
+    print(
+        f"largest median cost {worst:+.1%}: "
+        f"{'below' if worst < RESET_THRESHOLD else 'NOT below'} {RESET_THRESHOLD:.0%}; "
+        f"{failures} runs with failures"
+    )
+    return 0 if failures == 0 else 1
+
+
+def _load(cluster: Any, database: str) -> None:
+    with cluster.connect(database) as conn:
+        conn.execute(
+            "INSERT INTO identity.accounts (sub, display_name) "
+            f"SELECT 'bench-' || g, 'Bench ' || g FROM generate_series(0, {ACCOUNTS - 1}) g"
+        )
+        conn.execute(
+            "INSERT INTO content.articles (author_sub, title, body, published) "
+            "SELECT 'editor-' || (g % 20), 'Title ' || g, repeat('lorem ipsum ', 40), "
+            f"g % 5 <> 0 FROM generate_series(1, {ARTICLES}) g"
+        )
+        conn.execute("VACUUM ANALYZE")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", default="staging", choices=("staging", "prod"))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--max-connections", type=int, default=40)
+    parser.add_argument(
+        "--reset-cost", type=int, default=0, metavar="RUNS", help="measure the reset's cost"
+    )
     args = parser.parse_args(argv)
     max_conn = args.max_connections
+    if args.reset_cost:
+        work = temp_dir("pgplatform-bench-reset-")
+        try:
+            return reset_cost(args, work, render_stack(args.stack, work / "build"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     work = temp_dir("pgplatform-bench-pool-")
     results: list[tuple[str, Run, Run, Run, Run, list[str]]] = []
@@ -188,17 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"max_connections": str(max_conn), "shared_buffers": "128MB"}
         with running_cluster(tls_only=True, settings=settings) as cluster:
             database = prepare_database(cluster, build)
-            with cluster.connect(database) as conn:
-                conn.execute(
-                    "INSERT INTO identity.accounts (sub, display_name) "
-                    f"SELECT 'bench-' || g, 'Bench ' || g FROM generate_series(0, {ACCOUNTS - 1}) g"
-                )
-                conn.execute(
-                    "INSERT INTO content.articles (author_sub, title, body, published) "
-                    "SELECT 'editor-' || (g % 20), 'Title ' || g, repeat('lorem ipsum ', 40), "
-                    f"g % 5 <> 0 FROM generate_series(1, {ARTICLES}) g"
-                )
-                conn.execute("VACUUM ANALYZE")
+            _load(cluster, database)
             with start_pgbouncer(build, cluster) as pgbouncer:
                 ini = ini_sections((Path(pgbouncer.work_dir or ".") / "pgbouncer.ini").read_text())
                 pool = ini["pgbouncer"]

@@ -203,6 +203,7 @@ def postgraphile_input(s: StackSettings) -> PostgraphileInput:
     route = gw.route_path(tuple(g.schemas))
     secret = gw.secret_name()
     hs256 = s.auth.mode == "hs256"
+    plan = access_plan(s)
     return PostgraphileInput(
         schemas=tuple(s.schema_of(d) for d in g.schemas),
         db_host=pgbouncer_host(s),
@@ -221,7 +222,17 @@ def postgraphile_input(s: StackSettings) -> PostgraphileInput:
         graphql_route=route,
         graphiql_route=f"{route}/graphiql",
         max_pool_size=g.db_pool,
+        role_timeouts_ms=role_timeouts_ms(plan),
     )
+
+
+def role_timeouts_ms(plan: AccessPlan) -> dict[str, int]:
+    """Each API role's statement_timeout (ms): applied per request by the GraphQL pilot."""
+    return {
+        r.name: r.statement_timeout_ms
+        for r in plan.roles
+        if r.name in plan.api_roles and r.statement_timeout_ms is not None
+    }
 
 
 def graphql_image(s: StackSettings) -> str:
@@ -328,7 +339,10 @@ def pgbouncer_pool_spec(s: StackSettings) -> PgBouncerPoolSpec:
 
 
 def pgbouncer_pool_settings(s: StackSettings) -> PoolSettings:
-    """The ``pgbouncer.*`` knobs that reach ``pgbouncer.ini``."""
+    """The ``pgbouncer.*`` knobs that reach ``pgbouncer.ini``, and the query timeout backstop
+    sized from the API roles' statement timeouts."""
+    from components.render.pgbouncer import query_timeout_backstop
+
     pg = s.pgbouncer
     return PoolSettings(
         max_client_conn=pg.max_client_conn,
@@ -337,6 +351,7 @@ def pgbouncer_pool_settings(s: StackSettings) -> PoolSettings:
         server_idle_timeout=pg.server_idle_timeout,
         query_wait_timeout=pg.query_wait_timeout,
         server_tls_sslmode=pg.server_tls_sslmode,
+        query_timeout=query_timeout_backstop(role_timeouts_ms(access_plan(s)).values()),
     )
 
 

@@ -5,15 +5,18 @@
 -- is a no-op.
 --
 -- The claim helpers run as the caller (no SECURITY DEFINER: reading your own request GUC needs
--- no privilege) and carry no SET clause, so the planner can inline them into RLS policies.
--- Every function and type they use is schema-qualified instead, which gives the same
--- protection against a hostile search_path as pinning it.
+-- no privilege). Like every platform function they pin an empty search_path and qualify every
+-- name, so nothing a caller puts on its search_path, now or later, changes what they resolve.
+-- The pin stops the planner from inlining them; policies call them as an init plan,
+-- (SELECT platform.jwt_sub()), evaluated once per statement, so that costs nothing measurable
+-- (docs/database.md, bench/rls_overhead.py).
 
 CREATE OR REPLACE FUNCTION platform.jwt_claims()
 RETURNS jsonb
 LANGUAGE sql
 STABLE
 PARALLEL SAFE
+SET search_path = ''
 AS $$
     SELECT coalesce(
         nullif(pg_catalog.current_setting('request.jwt.claims', true), '')::pg_catalog.jsonb,
@@ -29,6 +32,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 PARALLEL SAFE
+SET search_path = ''
 AS $$
     SELECT nullif(pg_catalog.jsonb_extract_path_text(platform.jwt_claims(), 'sub'), '')
 $$;
@@ -41,6 +45,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 PARALLEL SAFE
+SET search_path = ''
 AS $$
     SELECT nullif(pg_catalog.jsonb_extract_path_text(platform.jwt_claims(), 'role'), '')
 $$;
@@ -61,7 +66,7 @@ CREATE OR REPLACE FUNCTION platform.pre_request()
 RETURNS void
 LANGUAGE plpgsql
 STABLE
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
 BEGIN
     IF current_user <> 'api_anonymous' AND platform.jwt_sub() IS NULL THEN
@@ -77,7 +82,8 @@ COMMENT ON FUNCTION platform.pre_request() IS
     'PostgREST db-pre-request: only API roles may call it; authenticated requests need a sub claim.';
 
 -- Least privilege: nothing for PUBLIC; the API roles (which evaluate policies calling the claim
--- helpers) and the domain schema owner (whose views and functions may call them) get EXECUTE.
+-- helpers), the domain schema owner (whose views and functions may call them) and the audit
+-- writer (audit.record() records the subject, db/030_audit.sql) get EXECUTE.
 -- USAGE on the schema comes from 010_access.sql. Roles are looked up because the set differs
 -- per stack (api_anonymous only in staging, one api_service_<name> per machine client).
 REVOKE ALL ON FUNCTION
@@ -90,14 +96,15 @@ DECLARE
 BEGIN
     FOR grantee IN
         SELECT rolname FROM pg_catalog.pg_roles
-        WHERE rolname IN ('api_anonymous', 'api_user', 'api_editor', 'api_admin', 'pgplatform_owner')
+        WHERE rolname IN ('api_anonymous', 'api_user', 'api_editor', 'api_admin', 'pgplatform_owner',
+                          'pgplatform_audit_writer')
            OR rolname LIKE 'api\_service\_%'
         ORDER BY rolname
     LOOP
         EXECUTE format(
             'GRANT EXECUTE ON FUNCTION platform.jwt_claims(), platform.jwt_sub(), '
             'platform.jwt_role() TO %I', grantee);
-        IF grantee <> 'pgplatform_owner' THEN
+        IF grantee NOT IN ('pgplatform_owner', 'pgplatform_audit_writer') THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION platform.pre_request() TO %I', grantee);
         END IF;
     END LOOP;

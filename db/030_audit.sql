@@ -3,6 +3,12 @@
 -- audit.log is written only by the trigger function audit.record() (SECURITY DEFINER), so the
 -- API roles never need, and never get, any privilege on it: a compromised token can neither
 -- read the trail nor forge or erase entries.
+--
+-- audit.record() is owned by pgplatform_audit_writer (NOLOGIN, from the access plan), which
+-- holds exactly what the function needs: INSERT on audit.log, USAGE on audit and platform and
+-- EXECUTE on the claim helpers. Serialising a row (to_jsonb) runs code the table's owner
+-- controls (a cast to jsonb of a type it created), with the rights of the function's owner: a
+-- superuser or the admin owning it would hand the schema owner their rights.
 
 CREATE TABLE IF NOT EXISTS audit.log (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -24,7 +30,7 @@ CREATE INDEX IF NOT EXISTS log_table_at_idx ON audit.log (schema_name, table_nam
 CREATE INDEX IF NOT EXISTS log_sub_at_idx ON audit.log (sub, at);
 
 -- Only the owner holds privileges on the log and its identity sequence, whatever default
--- privileges 010_access.sql set up for the schema.
+-- privileges 010_access.sql set up for the schema; the audit writer gets INSERT below.
 DO $$
 DECLARE
     target regclass;
@@ -53,18 +59,18 @@ CREATE OR REPLACE FUNCTION audit.record()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
 DECLARE
-    requester name := coalesce(nullif(current_setting('role'), 'none'), session_user);
+    requester name := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
 BEGIN
     INSERT INTO audit.log (schema_name, table_name, op, old_row, new_row, sub, role)
     VALUES (
         TG_TABLE_SCHEMA,
         TG_TABLE_NAME,
         TG_OP,
-        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
-        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('UPDATE', 'DELETE') THEN pg_catalog.to_jsonb(OLD) END,
+        CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('INSERT', 'UPDATE') THEN pg_catalog.to_jsonb(NEW) END,
         platform.jwt_sub(),
         requester
     );
@@ -79,11 +85,27 @@ COMMENT ON FUNCTION audit.record() IS
 -- may attach audit.record(); firing it needs no privilege of the writer.
 REVOKE ALL ON FUNCTION audit.record() FROM PUBLIC;
 
+-- Hand the function to the audit writer. Changing an owner needs membership in the new owner
+-- (the admin grants it to itself with CREATEROLE; the writer holds nothing the admin lacks) and
+-- the new owner's CREATE on the schema, held only for the duration of the change.
+GRANT USAGE ON SCHEMA audit, platform TO pgplatform_audit_writer;
+GRANT INSERT ON TABLE audit.log TO pgplatform_audit_writer;
+DO $$
+BEGIN
+    IF NOT pg_catalog.pg_has_role(current_user, 'pgplatform_audit_writer', 'MEMBER') THEN
+        EXECUTE pg_catalog.format('GRANT pgplatform_audit_writer TO %I', current_user);
+    END IF;
+END
+$$;
+GRANT CREATE ON SCHEMA audit TO pgplatform_audit_writer;
+ALTER FUNCTION audit.record() OWNER TO pgplatform_audit_writer;
+REVOKE CREATE ON SCHEMA audit FROM pgplatform_audit_writer;
+
 -- Runs as the caller, so it can only add auditing to tables the caller may put triggers on.
 CREATE OR REPLACE FUNCTION platform.enable_audit(target regclass)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
 DECLARE
     kind "char";
@@ -97,10 +119,10 @@ BEGIN
         RAISE EXCEPTION 'platform.enable_audit: audit.log cannot audit itself'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    EXECUTE format(
+    EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER audit_record AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION audit.record()', target);
-    EXECUTE format(
+    EXECUTE pg_catalog.format(
         'CREATE OR REPLACE TRIGGER audit_record_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION audit.record()', target);
 END

@@ -4,8 +4,11 @@
 -- A table an API can reach with RLS off returns every row to every role that has a grant, and
 -- default privileges hand out grants automatically. So RLS is switched on (and forced, so the
 -- owner is bound too) at the moment a table appears in an exposed schema: created, created from
--- a query, or moved in with SET SCHEMA. Disabling it there is undone at the end of the same
--- command. With RLS on and no policy, a table returns no rows: missing policies fail closed.
+-- a query, created inside CREATE SCHEMA, or moved in with SET SCHEMA. Disabling it there is
+-- undone at the end of the same command. With RLS on and no policy, a table returns no rows:
+-- missing policies fail closed. A materialized view cannot have row level security, yet the
+-- default privileges would hand the API roles SELECT on it: creating one in (or moving one to)
+-- an exposed schema is refused.
 --
 -- Superuser-only (the "pgplatform: superuser" header): CREATE EVENT TRIGGER needs a superuser,
 -- and the guard must own every table it secures, so its functions are owned by one. The file
@@ -46,7 +49,7 @@ CREATE OR REPLACE FUNCTION platform.enforce_rls(target regclass)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
 BEGIN
     IF EXISTS (
@@ -72,7 +75,7 @@ CREATE OR REPLACE FUNCTION platform.rls_guard()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
 DECLARE
     registry regclass := pg_catalog.to_regclass('platform.exposed_schema');
@@ -89,7 +92,25 @@ BEGIN
             HINT = 'Re-apply db/040_rls_guard.sql as a superuser (docs/database.md).';
     END IF;
     FOR target IN
-        SELECT DISTINCT c.oid::regclass
+        SELECT DISTINCT c.oid::pg_catalog.regclass
+        FROM pg_catalog.pg_event_trigger_ddl_commands() d
+        JOIN pg_catalog.pg_class c ON c.oid = d.objid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        JOIN platform.exposed_schema e ON e.name = n.nspname
+        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND c.relkind = 'm'
+    LOOP
+        RAISE EXCEPTION USING
+            ERRCODE = 'insufficient_privilege',
+            MESSAGE = pg_catalog.format(
+                'materialized view %s: an exposed schema holds no materialized view', target),
+            DETAIL = 'A materialized view has no row level security: every API role granted '
+                'SELECT would read all of its rows.',
+            HINT = 'Create it in a schema no API serves and expose its rows through a '
+                'security_barrier view or a function that applies the policies.';
+    END LOOP;
+    FOR target IN
+        SELECT DISTINCT c.oid::pg_catalog.regclass
         FROM pg_catalog.pg_event_trigger_ddl_commands() d
         JOIN pg_catalog.pg_class c ON c.oid = d.objid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -114,11 +135,12 @@ REVOKE ALL ON FUNCTION platform.rls_guard() FROM PUBLIC;
 DROP EVENT TRIGGER IF EXISTS platform_rls_guard;
 CREATE EVENT TRIGGER platform_rls_guard
     ON ddl_command_end
-    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE',
+                 'CREATE SCHEMA', 'CREATE MATERIALIZED VIEW', 'ALTER MATERIALIZED VIEW')
     EXECUTE FUNCTION platform.rls_guard();
 
 COMMENT ON EVENT TRIGGER platform_rls_guard IS
-    'Enables and forces RLS on tables created in, moved to or altered in an exposed schema.';
+    'Enables and forces RLS on tables created in, moved to or altered in an exposed schema; refuses materialized views there.';
 
 -- The database owner maintains the registry and secures pre-existing tables (090).
 DO $$

@@ -7,14 +7,19 @@
 -- SCRAM pass-through needs exactly the server's verifier (same salt and iterations), which a
 -- separately rendered userlist could not reproduce.
 --
--- Only ordinary login roles with a SCRAM verifier are returned: superusers, replication and
--- BYPASSRLS roles, expired and non-SCRAM passwords are never served, so those roles cannot log
--- in (or be guessed at) through the pooler.
+-- Only the logins that connect through the pooler are served: the platform's authenticators
+-- (PostgREST's postgrest, the GraphQL pilot's postgraphile; components/render/access.py and
+-- components/inputs.py name them), an explicit allowlist. Even those are refused while they
+-- hold more than an authenticator needs: SUPERUSER, CREATEROLE, CREATEDB, REPLICATION or
+-- BYPASSRLS of their own, membership (direct or through other roles) in a role that has any of
+-- these or in a predefined pg_* role (pg_execute_server_program, pg_read_server_files, ...,
+-- pg_database_owner), an expired or a non-SCRAM password. Every other login (the admin, the
+-- lookup role itself, exporters, people) cannot log in, or be guessed at, through the pooler.
 --
 -- Superuser-only: reading pg_authid needs a superuser, so one owns this function. Applied like
 -- 040_rls_guard.sql (which creates the schema), before the access plan's roles exist: the
 -- database owner receives EXECUTE with grant option and passes it on to pgbouncer_auth in
--- 060_pgbouncer_auth_grants.sql. The owner could already reset any ordinary role's password
+-- 060_pgbouncer_auth_grants.sql. The owner could already reset an authenticator's password
 -- (CREATEROLE), so seeing those verifiers gives it nothing new.
 
 CREATE OR REPLACE FUNCTION platform.pgbouncer_get_auth(p_usename text)
@@ -22,21 +27,27 @@ RETURNS TABLE (usename name, passwd text)
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
     SELECT a.rolname, a.rolpassword
     FROM pg_catalog.pg_authid a
     WHERE a.rolname = p_usename
+      AND a.rolname = ANY (ARRAY['postgraphile', 'postgrest']::pg_catalog.name[])
       AND a.rolcanlogin
-      AND NOT a.rolsuper
-      AND NOT a.rolreplication
-      AND NOT a.rolbypassrls
+      AND NOT (a.rolsuper OR a.rolcreaterole OR a.rolcreatedb OR a.rolreplication OR a.rolbypassrls)
       AND a.rolpassword LIKE 'SCRAM-SHA-256$%'
       AND (a.rolvaliduntil IS NULL OR a.rolvaliduntil > pg_catalog.now())
+      AND NOT EXISTS (
+          SELECT FROM pg_catalog.pg_authid r
+          WHERE r.oid <> a.oid
+            AND (r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication
+                 OR r.rolbypassrls OR r.rolname LIKE 'pg\_%')
+            AND pg_catalog.pg_has_role(a.oid, r.oid, 'MEMBER')
+      )
 $$;
 
 COMMENT ON FUNCTION platform.pgbouncer_get_auth(text) IS
-    'PgBouncer auth_query: SCRAM verifier of an ordinary login role; nothing for privileged roles.';
+    'PgBouncer auth_query: SCRAM verifier of an allowlisted authenticator holding no privilege beyond its API roles.';
 
 REVOKE ALL ON FUNCTION platform.pgbouncer_get_auth(text) FROM PUBLIC;
 

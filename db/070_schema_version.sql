@@ -22,7 +22,7 @@ RETURNS text
 LANGUAGE sql
 STABLE
 PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
+SET search_path = ''
 AS $$
     WITH ns AS (
         SELECT n.oid, n.xmin FROM pg_catalog.pg_namespace n WHERE n.nspname = ANY (schemas)

@@ -22,6 +22,8 @@ MONITOR: Final = "pgplatform_monitor"
 MONITOR_TIMEOUT_MS: Final = 10_000
 PG_MONITOR: Final = "pg_monitor"
 OWNER: Final = "pgplatform_owner"
+AUDIT_WRITER: Final = "pgplatform_audit_writer"
+"""Owner of the audit trigger function: INSERT on audit.log and nothing else (db/030_audit.sql)."""
 ANONYMOUS: Final = "api_anonymous"
 USER: Final = "api_user"
 EDITOR: Final = "api_editor"
@@ -38,11 +40,10 @@ _TABLE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {
     "write": ("SELECT", "INSERT", "UPDATE"),
     "all": ("SELECT", "INSERT", "UPDATE", "DELETE"),
 }
-_SEQUENCE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {
-    "read": ("SELECT",),
-    "write": ("SELECT", "USAGE"),
-    "all": ("SELECT", "USAGE"),
-}
+# None on sequences: SELECT (last_value, currval) and USAGE (nextval) both reveal how many rows
+# a table holds. Identity columns need no sequence privilege; a serial column needs an explicit
+# grant, and with it leaks its position (docs/database.md).
+_SEQUENCE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {"read": (), "write": (), "all": ()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,7 +187,10 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
             )
         )
 
-    roles = [RoleSpec(name=OWNER, login=False, inherit=False)]
+    roles = [
+        RoleSpec(name=OWNER, login=False, inherit=False),
+        RoleSpec(name=AUDIT_WRITER, login=False, inherit=False),
+    ]
     roles += [
         RoleSpec(name=name, login=True, inherit=False, with_password=True)
         for name in (*inp.authenticators, *inp.service_logins)

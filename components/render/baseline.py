@@ -128,7 +128,7 @@ def render_superuser_version_sql(version: str) -> str:
             "RETURNS text",
             "LANGUAGE sql",
             "IMMUTABLE",
-            "SET search_path = pg_catalog, pg_temp",
+            "SET search_path = ''",
             f"AS $$ SELECT '{version}'::text $$;",
             "",
             "REVOKE ALL ON FUNCTION platform.superuser_baseline() FROM PUBLIC;",

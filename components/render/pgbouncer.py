@@ -33,7 +33,7 @@ Secrets template for setups that sync the whole file instead.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Final
@@ -46,6 +46,8 @@ RW_SUFFIX: Final = "_rw"
 RO_SUFFIX: Final = "_ro"
 # Server connections of the lookup role per PgBouncer instance (see the module doc).
 AUTH_USER_MAX_CONNECTIONS: Final = 2
+# Seconds the pooler's query_timeout lies above the largest API role statement_timeout.
+QUERY_TIMEOUT_MARGIN_S: Final = 5
 
 # Startup parameters PgBouncer cannot track and must drop instead of refusing the client:
 # extra_float_digits is sent by lib/pq (the Go pgbouncer/postgres exporters) and by JDBC;
@@ -77,7 +79,6 @@ ALLOWED_PARAMETERS: Final = frozenset(
         "max_user_connections",
         "min_pool_size",
         "pkt_buf",
-        "query_timeout",
         "reserve_pool_timeout",
         "sbuf_loopcnt",
         "server_check_delay",
@@ -122,6 +123,15 @@ DEFAULT_PARAMETERS: Final = MappingProxyType(
         "idle_transaction_timeout": "60",
         "application_name_add_host": "1",
     }
+)
+
+# Resetting every server connection when a transaction ends, as in session pooling, would drop
+# the session state a transaction can leave behind (a WITH HOLD cursor, set_config(..., false),
+# SET SESSION, an advisory lock) for the next client on that connection. Not rendered: its cost,
+# measured with bench/pooling.py --reset-cost, exceeded the 10 % allowed; docs/database.md
+# ("Session state under transaction pooling") describes the residual risk.
+RESET_PARAMETERS: Final = MappingProxyType(
+    {"server_reset_query": "DISCARD ALL", "server_reset_query_always": "1"}
 )
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -170,6 +180,9 @@ class PgBouncerInput:
     """Cap of server connections per pool database, all users together (0 = no cap)."""
     server_idle_timeout: int = 600
     query_wait_timeout: int = 30
+    query_timeout: int = 0
+    """Seconds a query may run before PgBouncer cancels it (0 = never): a backstop above the
+    API roles' statement timeouts (``query_timeout_backstop``), for a client that skipped them."""
     auth_user_max_connections: int = AUTH_USER_MAX_CONNECTIONS
     """Server connections of the auth_query role per instance, over all pools (>= 1)."""
     stats_users: tuple[str, ...] = ("pgbouncer_exporter",)
@@ -222,6 +235,7 @@ class PgBouncerInput:
             "max_db_connections": 0,
             "server_idle_timeout": 0,
             "query_wait_timeout": 0,
+            "query_timeout": 0,
             "auth_user_max_connections": 1,
         }
         for name, low in minimum.items():
@@ -296,6 +310,19 @@ class PgBouncerInput:
         return self.database + RO_SUFFIX
 
 
+def query_timeout_backstop(role_timeouts_ms: Iterable[int]) -> int:
+    """PgBouncer's ``query_timeout`` (s): above the largest API role statement_timeout.
+
+    The database cancels a request at its role's limit; PgBouncer cancels only what runs
+    ``QUERY_TIMEOUT_MARGIN_S`` longer than any role may (a client that never applied its role's
+    timeout), so it never races the role's own limit.
+    """
+    timeouts = list(role_timeouts_ms)
+    if not timeouts or min(timeouts) < 1:
+        raise PgBouncerConfigError("query_timeout", "needs each API role's timeout (ms, >= 1)")
+    return -(-max(timeouts) // 1000) + QUERY_TIMEOUT_MARGIN_S
+
+
 def _line(key: str, value: str | int) -> str:
     return f"{key} = {value}".rstrip()
 
@@ -321,6 +348,7 @@ def render_pgbouncer_ini(inp: PgBouncerInput) -> str:
         "max_db_connections": inp.max_db_connections,
         "server_idle_timeout": inp.server_idle_timeout,
         "query_wait_timeout": inp.query_wait_timeout,
+        "query_timeout": inp.query_timeout,
         "server_tls_sslmode": inp.resolved_server_sslmode,
     }
     if inp.server_tls_ca_file:

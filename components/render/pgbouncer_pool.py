@@ -392,6 +392,8 @@ class PoolSettings:
     server_idle_timeout: int
     query_wait_timeout: int
     server_tls_sslmode: str
+    query_timeout: int = 0
+    """Seconds; the pooler's backstop above every API role's statement_timeout (0 = none)."""
 
 
 def ini_input(
@@ -425,5 +427,6 @@ def ini_input(
         reserve_pool_size=pool.reserve_pool_size,
         server_idle_timeout=pool.server_idle_timeout,
         query_wait_timeout=pool.query_wait_timeout,
+        query_timeout=pool.query_timeout,
         stats_users=(STATS_USER,),
     )

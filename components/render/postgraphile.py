@@ -7,7 +7,9 @@ CLI, which loads ``.postgraphilerc.js`` from its working directory. That file is
 it verifies the bearer JWT with PostgREST's rules (HS256 secret or a JWKS file, audience,
 30 s skew on exp/nbf/iat, kid selection) and returns ``{role, 'request.jwt.claims'}`` from
 ``pgSettings(req)``; PostGraphile applies both with ``set_config(..., true)`` inside the
-request's transaction, i.e. ``SET LOCAL ROLE`` plus PostgREST's claims GUC.
+request's transaction, i.e. ``SET LOCAL ROLE`` plus PostgREST's claims GUC. ``SET ROLE`` does
+not apply a role's own settings, so ``pgSettings`` also sets the role's ``statement_timeout``
+(``role_timeouts_ms``, from the access plan) for the request, as PostgREST does.
 
 The integration test starts PostGraphile with exactly what these functions return, so what is
 tested is what the Deployment runs. Secrets appear only as ``secretKeyRef`` names, never values.
@@ -102,12 +104,16 @@ class PostgraphileInput:
     config_dir: str = "/etc/postgraphile"
     app_dir: str = "/app"
     """Where the image holds the npm tree (the Dockerfile's WORKDIR)."""
+    role_timeouts_ms: Mapping[str, int] = field(default_factory=dict)
+    """API role -> its statement_timeout in ms, applied per request (SET ROLE does not)."""
     role_claim_path: tuple[str | int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "role_timeouts_ms", dict(sorted(self.role_timeouts_ms.items())))
         _check_schemas(self.schemas)
         _check_database(self)
         _check_jwt(self)
+        _check_timeouts(self.role_timeouts_ms)
         object.__setattr__(self, "role_claim_path", parse_role_claim_key(self.jwt_role_claim_key))
         _check_server(self)
 
@@ -162,6 +168,14 @@ def _check_jwt(inp: PostgraphileInput) -> None:
             raise ValueError("default_role: must not be the authenticator itself")
     if inp.pre_request is not None and not _FUNCTION.match(inp.pre_request):
         raise ValueError(f"pre_request: {inp.pre_request!r} is not a schema.function name")
+
+
+def _check_timeouts(timeouts: Mapping[str, int]) -> None:
+    for role, timeout in timeouts.items():
+        if not _IDENTIFIER.match(role):
+            raise ValueError(f"role_timeouts_ms: {role!r} is not a lowercase SQL identifier")
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+            raise ValueError(f"role_timeouts_ms.{role}: {timeout!r} is not a positive integer")
 
 
 def _check_server(inp: PostgraphileInput) -> None:
@@ -285,6 +299,7 @@ def rc_config(inp: PostgraphileInput) -> dict[str, Any]:
         "preRequest": inp.pre_request,
         "jwksFile": inp.jwks_file,
         "jwtSecretEnv": JWT_SECRET_ENV if inp.jwt_secret is not None else None,
+        "roleTimeoutsMs": dict(inp.role_timeouts_ms),
     }
 
 
@@ -603,7 +618,14 @@ async function pgSettings(req) {
     throw new AuthError('The role claim of the JWT is empty');
   }
   // PostgREST hands the database the verified claims with "role" set to the role it switched to.
-  return { role, 'request.jwt.claims': JSON.stringify({ ...claims, role }) };
+  const settings = { role, 'request.jwt.claims': JSON.stringify({ ...claims, role }) };
+  // SET ROLE does not apply the role's own settings: its statement_timeout holds for this
+  // request's transaction only, as under PostgREST. A role not listed is one the authenticator
+  // cannot become, which the database refuses.
+  if (Object.prototype.hasOwnProperty.call(CONFIG.roleTimeoutsMs, role)) {
+    settings.statement_timeout = String(CONFIG.roleTimeoutsMs[role]);
+  }
+  return settings;
 }
 
 // HTTP status codes as PostgREST maps these SQLSTATEs: insufficient_privilege (a role the

@@ -156,8 +156,13 @@ def test_bootstrap_then_job_as_the_admin(stack: tuple[Rendered, PgCluster]) -> N
                 conn, f"SELECT pg_get_userbyid(proowner) FROM pg_proc "
                 f"WHERE oid = '{function}'::regprocedure"
             ) == "postgres"  # fmt: skip
+        # The audit trigger function belongs to the audit writer (INSERT on audit.log only).
+        assert owner_of(
+            conn, "SELECT pg_get_userbyid(proowner) FROM pg_proc "
+            "WHERE oid = 'audit.record()'::regprocedure"
+        ) == "pgplatform_audit_writer"  # fmt: skip
         # Admin-owned: everything else.
-        for function in ("platform.pre_request()", "audit.record()", "platform.jwt_sub()"):
+        for function in ("platform.pre_request()", "platform.jwt_sub()"):
             assert owner_of(
                 conn, f"SELECT pg_get_userbyid(proowner) FROM pg_proc "
                 f"WHERE oid = '{function}'::regprocedure"

@@ -129,7 +129,8 @@ def test_second_apply_converges(admin: Conn) -> None:
     guards = admin.execute("SELECT evtname, evtenabled, evttags FROM pg_event_trigger").fetchall()
     assert guards == [
         ("platform_rls_guard", "O", ["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO",
-                                     "ALTER TABLE"]),
+                                     "ALTER TABLE", "CREATE SCHEMA", "CREATE MATERIALIZED VIEW",
+                                     "ALTER MATERIALIZED VIEW"]),
     ]  # fmt: skip
     triggers = admin.execute(
         "SELECT tgname FROM pg_trigger WHERE tgrelid = 'content.articles'::regclass "
@@ -311,12 +312,14 @@ def test_api_roles_cannot_read_or_write_the_audit_log(
 
 
 def test_no_role_but_the_owner_holds_privileges_on_the_audit_log(admin: Conn) -> None:
+    """Besides the owner, only the audit writer (the trigger function's owner) may INSERT."""
     holders = admin.execute(
-        "SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a "
+        "SELECT c.relname, a.grantee::regrole::text, a.privilege_type "
+        "FROM pg_class c, aclexplode(c.relacl) a "
         "WHERE c.oid IN ('audit.log'::regclass, 'audit.log_id_seq'::regclass) "
         "AND a.grantee <> c.relowner"
     ).fetchall()
-    assert holders == []
+    assert holders == [("log", "pgplatform_audit_writer", "INSERT")]
 
 
 def test_schema_owner_cannot_remove_the_audit_log_or_the_guard(admin: Conn) -> None:

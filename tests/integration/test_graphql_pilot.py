@@ -83,6 +83,13 @@ PROD_PILOT_CONFIG = {
     }
 }
 Conn = psycopg.Connection[Any]
+SLOW_FUNCTION = """
+CREATE FUNCTION identity.wait_for(seconds double precision) RETURNS double precision
+LANGUAGE sql STABLE SET search_path = ''
+AS $$ SELECT seconds FROM (SELECT pg_catalog.pg_sleep(seconds)) AS slept $$
+"""
+# Longer than api_user's statement_timeout (5s), shorter than api_editor's (10s).
+SLOW_SECONDS = 7
 
 
 # -- the render ------------------------------------------------------------------------------------
@@ -252,6 +259,10 @@ def database(staging_build: Path) -> Iterator[PgCluster]:
             conn.cursor().executemany(
                 "INSERT INTO identity.accounts (sub, display_name) VALUES (%s, %s)", ACCOUNTS
             )
+            # A slow query field for the statement timeout test (Query.waitFor).
+            with conn.transaction():
+                conn.execute("SET LOCAL ROLE pgplatform_owner")
+                conn.execute(SLOW_FUNCTION)
         yield cluster
 
 
@@ -840,6 +851,36 @@ def test_mutation_runs_as_the_token_role_with_its_claims(
     status, body = servers["prod"].post(forged, token)
     assert (body.get("data") or {}).get("createAccount") is None, body
     assert "row-level security" in json.dumps(body["errors"]), body
+
+
+@pytest.mark.parametrize("server", ["staging", "prod"])
+def test_requests_are_cancelled_at_the_role_statement_timeout(
+    servers: dict[str, PostGraphile], keys: Keys, database: PgCluster, server: str
+) -> None:
+    """SET ROLE does not apply the role's settings: the pilot sets statement_timeout itself."""
+    with database.connect(DATABASE) as conn:
+        limits = dict(
+            conn.execute(
+                "SELECT r.rolname, s.setting FROM pg_roles r, "
+                "LATERAL unnest(r.rolconfig) c, LATERAL (SELECT split_part(c, '=', 2)) s(setting) "
+                "WHERE c LIKE 'statement_timeout=%' AND r.rolname IN ('api_user', 'api_editor')"
+            ).fetchall()
+        )
+    assert int(limits["api_user"]) < SLOW_SECONDS * 1000 < int(limits["api_editor"])
+    signer = signer_for(keys, server)
+    query = f"{{ waitFor(seconds: {SLOW_SECONDS}) }}"
+    user = signer.token(signer.claims(role="api_user", sub="user-a"))
+    started = time.monotonic()
+    status, body = servers[server].post(query, user, timeout=60)
+    elapsed = time.monotonic() - started
+    assert (body.get("data") or {}).get("waitFor") is None, body
+    assert "statement timeout" in json.dumps(body.get("errors")), (status, body)
+    # Cancelled by the database at the role's limit, not by the pooler's later backstop.
+    assert elapsed < SLOW_SECONDS, elapsed
+    editor = signer.token(signer.claims(role="api_editor", sub="editor-e"))
+    status, body = servers[server].post(query, editor, timeout=60)
+    assert status == 200, body
+    assert body["data"] == {"waitFor": SLOW_SECONDS}
 
 
 def test_graphiql_is_served_only_where_rendered(servers: dict[str, PostGraphile]) -> None:

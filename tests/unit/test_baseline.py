@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from components.inputs import GRAPHQL_AUTHENTICATOR
+from components.render.access import AUTHENTICATOR
 from components.render.baseline import (
     ACCESS_FILE,
     APPLY_SCRIPT,
@@ -29,6 +31,8 @@ from components.render.baseline import (
 pytestmark = pytest.mark.unit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+# Every login that connects through PgBouncer: PostgREST's and the GraphQL pilot's authenticator.
+POOLER_LOGINS = (AUTHENTICATOR, GRAPHQL_AUTHENTICATOR)
 _FUNCTION = re.compile(
     r"CREATE OR REPLACE FUNCTION (?P<name>[\w.]+)\((?P<args>[^)]*)\)(?P<head>.*?)\bAS \$\$",
     re.DOTALL,
@@ -48,12 +52,11 @@ def functions() -> list[tuple[str, str, str, str]]:
 def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
     assert names == ["020_platform.sql", "030_audit.sql", "040_rls_guard.sql",
-                     "050_pgbouncer_auth.sql", "060_pgbouncer_auth_grants.sql",
-                     "070_schema_version.sql"]  # fmt: skip
+                     "045_database_reach.sql", "050_pgbouncer_auth.sql",
+                     "060_pgbouncer_auth_grants.sql", "070_schema_version.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
     assert [name for name, _ in stack_sql_files(["content"])] == [
-        *names[:4],
-        *names[4:],
+        *names,
         SUPERUSER_VERSION_FILE,
         EXPOSED_SCHEMAS_FILE,
     ]
@@ -82,8 +85,14 @@ def test_security_definer_functions_pin_search_path() -> None:
         "platform.rls_guard",
         "platform.pgbouncer_get_auth",
     }
-    for file, name, head in definers:
-        assert "SET search_path = pg_catalog, pg_temp" in head, f"{file}: {name}"
+
+
+def test_every_platform_function_pins_an_empty_search_path() -> None:
+    """Nothing a caller adds to its search_path, now or later, changes what they resolve."""
+    found = functions()
+    assert found
+    for file, name, _, head in found:
+        assert "SET search_path = ''" in head, f"{file}: {name}"
 
 
 def test_no_function_is_left_executable_by_public() -> None:
@@ -161,7 +170,7 @@ def _code(text: str) -> str:
 def test_superuser_statements_live_only_in_marked_files() -> None:
     """Everything a non-superuser admin cannot run is in a file the Job does not run as admin."""
     marked = {name for name, text in baseline_sql_files() if is_superuser_file(text)}
-    assert marked == {"040_rls_guard.sql", "050_pgbouncer_auth.sql"}
+    assert marked == {"040_rls_guard.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql"}
     for name, text in admin_sql_files(["content"]):
         # audit.record() is SECURITY DEFINER too, but owned by the admin, who owns audit.log.
         found = set(_SUPERUSER_ONLY.findall(_code(text)))
@@ -169,10 +178,21 @@ def test_superuser_statements_live_only_in_marked_files() -> None:
 
 
 def test_superuser_part_names_no_role_of_the_access_plan() -> None:
-    """It runs at bootstrap, before the plan's roles exist."""
-    text = _code(render_bootstrap_sql())
+    """It runs at bootstrap, before the plan's roles exist (the lookup's allowlist is names)."""
+    text = _code(render_bootstrap_sql()).replace(_POOLER_ALLOWLIST, "")
     for role in ("pgbouncer_auth", "pgplatform_owner", "postgrest", "api_user", "api_anonymous"):
         assert role not in text, role
+
+
+_POOLER_ALLOWLIST = "ARRAY['postgraphile', 'postgrest']::pg_catalog.name[]"
+
+
+def test_pooler_lookup_serves_exactly_the_authenticators() -> None:
+    """The auth_query allowlist is every login that connects through PgBouncer, nothing else."""
+    [lookup] = [text for name, text in baseline_sql_files() if name == "050_pgbouncer_auth.sql"]
+    allowlist = f"ARRAY[{', '.join(repr(n) for n in sorted(POOLER_LOGINS))}]::pg_catalog.name[]"
+    assert allowlist == _POOLER_ALLOWLIST
+    assert f"a.rolname = ANY ({allowlist})" in lookup
 
 
 def test_version_marker_tracks_the_superuser_files() -> None:

@@ -13,9 +13,11 @@ from components.render.pgbouncer import (
     AUTH_QUERY,
     DEFAULT_PARAMETERS,
     INI_FILE,
+    QUERY_TIMEOUT_MARGIN_S,
     PgBouncerConfigError,
     PgBouncerInput,
     pgbouncer_files,
+    query_timeout_backstop,
     render_pgbouncer_ini,
     render_userlist,
     render_userlist_template,
@@ -153,6 +155,16 @@ def test_budget_fields_and_parameters_are_rendered() -> None:
     assert ini["server_lifetime"] == "1800"  # overrides the platform default
     assert ini["min_pool_size"] == "2"
     assert ini["stats_period"] == DEFAULT_PARAMETERS["stats_period"]
+
+
+def test_query_timeout_backstop_lies_above_every_role_timeout() -> None:
+    assert query_timeout_backstop([3000, 5000, 30_000]) == 30 + QUERY_TIMEOUT_MARGIN_S
+    assert query_timeout_backstop([30_001]) == 31 + QUERY_TIMEOUT_MARGIN_S
+    ini = parse_ini(render_pgbouncer_ini(prod_input(query_timeout=35)))["pgbouncer"]
+    assert ini["query_timeout"] == "35"
+    assert parse_ini(render_pgbouncer_ini(prod_input()))["pgbouncer"]["query_timeout"] == "0"
+    with pytest.raises(PgBouncerConfigError, match=r"^query_timeout: "):
+        query_timeout_backstop([])
 
 
 def test_render_is_deterministic_and_files_map_names() -> None:

@@ -133,7 +133,11 @@ def test_sslmode_in_connection_string(sslmode: str, rootcert: str | None, expect
 
 # -- rc file ---------------------------------------------------------------------------------------
 def test_rc_file_embeds_the_settings() -> None:
-    inp = make(jwt_role_claim_key='."https://example.com/claims".roles[0]', default_role="api_user")
+    inp = make(
+        jwt_role_claim_key='."https://example.com/claims".roles[0]',
+        default_role="api_user",
+        role_timeouts_ms={"api_user": 5000, "api_admin": 30000},
+    )
     text = pgr.config_files(inp)[pgr.RC_FILE]
     assert rendered_config(text) == {
         "appDir": "/app",
@@ -142,6 +146,7 @@ def test_rc_file_embeds_the_settings() -> None:
         "jwksFile": "/etc/postgraphile/jwks/jwks.json",
         "jwtSecretEnv": None,
         "preRequest": "platform.pre_request",
+        "roleTimeoutsMs": {"api_admin": 30000, "api_user": 5000},
         "roleClaimPath": ["https://example.com/claims", "roles", 0],
     }
     assert "__PGPLATFORM_CONFIG__" not in text
@@ -243,6 +248,9 @@ def test_role_claim_key_outside_the_subset_is_refused(key: str) -> None:
         ({"max_pool_size": True}, "max_pool_size"),
         ({"config_dir": "etc"}, "config_dir"),
         ({"app_dir": "/app dir"}, "app_dir"),
+        ({"role_timeouts_ms": {"API user": 5000}}, "role_timeouts_ms"),
+        ({"role_timeouts_ms": {"api_user": 0}}, "role_timeouts_ms.api_user"),
+        ({"role_timeouts_ms": {"api_user": "5s"}}, "role_timeouts_ms.api_user"),
     ],
 )
 def test_bad_input_names_the_field(overrides: dict[str, Any], field: str) -> None:
