@@ -6,8 +6,9 @@
 --
 -- * The maintenance databases (postgres, template1) accept every role by default, so an API
 --   login (or SQL running as an API role that opens a new connection) could reach a database
---   where none of the platform's schemas, policies or audit exist. Only roles granted CONNECT
---   explicitly (superusers always) get in; the platform's logins use the application database.
+--   where none of the platform's schemas, policies or audit exist. Only superusers and members
+--   of pg_monitor (the metrics exporters: CloudNativePG's reads its default metrics in postgres)
+--   get in; the platform's logins use the application database.
 -- * Large objects are storage outside every table: no row level security, no audit trigger, and
 --   any role may create them by default. Creating one is revoked from PUBLIC (writing into an
 --   existing one needs its owner's grant, and reading it is the owner's unless granted).
@@ -25,6 +26,7 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format(
             'REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC', maintenance);
+        EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO pg_monitor', maintenance);
     END LOOP;
 END
 $$;

@@ -30,6 +30,7 @@ ALERT_NAMES: Final = (
     "PostgresLongRunningTransaction",
     "PostgresReplicationLagHigh",
     "PostgresReplicaMissing",
+    "PostgresRlsGuardMissing",
     "PostgresBackupTooOld",
     "RestoreVerificationFailed",
     "RestoreVerificationStale",
@@ -277,6 +278,19 @@ def _database_rules(
             description=(
                 f"Standby {who} replays WAL more than {_num(t.replication_lag_seconds)}s behind "
                 "the primary: reads served from replicas return stale rows."
+            ),
+        ),
+        _Rule(
+            name="PostgresRlsGuardMissing",
+            severity="critical",
+            component="database",
+            expr=f"min by (namespace) ({m.rls_guard}{{{pg}}}) < 1 or absent({m.rls_guard}{{{pg}}})",
+            for_="5m",
+            summary="The RLS guard of the platform database is missing or disabled",
+            description=(
+                "The event trigger platform_rls_guard, which enables and forces row level "
+                f"security on every new table of an exposed schema, is gone or disabled "
+                f"({m.rls_guard} is 0 or not reported): new tables are served without RLS."
             ),
         ),
     ]

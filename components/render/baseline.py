@@ -32,6 +32,19 @@ EXPOSED_SCHEMAS_FILE: Final = "090_exposed_schemas.sql"
 SUPERUSER_MARK: Final = "-- pgplatform: superuser"
 # Rendered last among the superuser files: records which superuser part is installed.
 SUPERUSER_VERSION_FILE: Final = "089_superuser_baseline.sql"
+# True when the RLS guard is installed: its event trigger, enabled, calling the superuser-owned
+# platform.rls_guard(). Catalog reads only (no privilege needed, no name resolved through the
+# admin's schema); the baseline Job and the metrics exporters run it.
+RLS_GUARD_PRESENT: Final = (
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_event_trigger e"
+    " JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) e.evtfoid"
+    " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
+    " JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner"
+    " WHERE e.evtname OPERATOR(pg_catalog.=) 'platform_rls_guard'"
+    " AND e.evtenabled OPERATOR(pg_catalog.=) ANY (ARRAY['O', 'A']::\"char\"[])"
+    " AND n.nspname OPERATOR(pg_catalog.=) 'platform'"
+    " AND p.proname OPERATOR(pg_catalog.=) 'rls_guard' AND r.rolsuper)"
+)
 # The baseline Job's psql script and the bootstrap ConfigMap key.
 APPLY_SCRIPT: Final = "apply.psql"
 BOOTSTRAP_KEY: Final = "superuser.sql"
@@ -203,7 +216,15 @@ def render_apply_script(exposed_schemas: Sequence[str]) -> str:
         "\\else",
         "\\set installed_version none",
         "\\endif",
-        f"SELECT :'installed_version' = '{version}' AS superuser_current \\gset",
+        "-- The RLS guard must be in place: the admin owns schema platform and can drop the",
+        "-- guard's function with CASCADE, which removes the event trigger without a word.",
+        f"SELECT ({RLS_GUARD_PRESENT}) AS rls_guard_present \\gset",
+        f"SELECT :'installed_version' = '{version}'",
+        "    AND :'rls_guard_present'::boolean AS superuser_current,",
+        "    CASE WHEN :'rls_guard_present'::boolean THEN :'installed_version'",
+        "         ELSE :'installed_version' || ' without its RLS guard (event trigger "
+        "platform_rls_guard missing, disabled or not calling platform.rls_guard())'",
+        "    END AS installed_label \\gset",
         "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
         "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
         "BEGIN;",
@@ -215,7 +236,7 @@ def render_apply_script(exposed_schemas: Sequence[str]) -> str:
         f"\\echo superuser part {version[:12]}: applying",
         *include,
         "\\else",
-        "SELECT pg_catalog.set_config('pgplatform.installed', :'installed_version', true)",
+        "SELECT pg_catalog.set_config('pgplatform.installed', :'installed_label', true)",
         "    AS installed \\gset",
         "DO $$",
         "BEGIN",

@@ -15,6 +15,8 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from components.render.baseline import RLS_GUARD_PRESENT
+
 PostgresMode = Literal["cnpg", "external"]
 POSTGRES_MODES: Final = ("cnpg", "external")
 
@@ -172,6 +174,7 @@ class PostgresMetrics:
     streaming_replicas: str
     statements_prefix: str
     schema_activity_prefix: str
+    rls_guard: str  # 1 while the RLS guard's event trigger is installed and enabled
     instance_label: str  # the label that tells two database servers apart
 
     def max_connections_expr(self, selector: str) -> str:
@@ -189,6 +192,7 @@ CNPG_METRICS: Final = PostgresMetrics(
     streaming_replicas="cnpg_pg_replication_streaming_replicas",
     statements_prefix="cnpg_pg_stat_statements",
     schema_activity_prefix="cnpg_pg_schema_activity",
+    rls_guard="cnpg_pg_platform_guard_rls_guard_installed",
     instance_label="pod",
 )
 
@@ -202,6 +206,7 @@ EXPORTER_METRICS: Final = PostgresMetrics(
     streaming_replicas="pg_replication_streaming_replicas",
     statements_prefix="pg_stat_statements",
     schema_activity_prefix="pg_schema_activity",
+    rls_guard="pg_platform_guard_rls_guard_installed",
     instance_label="instance",
 )
 
@@ -253,13 +258,25 @@ _SCHEMA_ACTIVITY_SQL = (
 )
 
 
+# Whether the RLS guard is installed (the baseline Job runs the same test), reported only by a
+# database holding the platform's schema: in cnpg mode the query runs in every database the
+# exporter may connect to, and the others must not look like a database that lost its guard.
+_PLATFORM_GUARD_SQL = (
+    "SELECT pg_catalog.current_database() AS datname,"  # noqa: S608 - constant text, no input
+    f" CASE WHEN ({RLS_GUARD_PRESENT}) THEN 1 ELSE 0 END AS rls_guard_installed"
+    " FROM pg_catalog.pg_namespace"
+    " WHERE nspname OPERATOR(pg_catalog.=) 'platform'"
+)
+
+
 def _column(usage: str, description: str) -> dict[str, str]:
     return {"usage": usage, "description": description}
 
 
-def _custom_queries(*, with_replication: bool) -> dict[str, Any]:
+def _custom_queries(mode: PostgresMode) -> dict[str, Any]:
+    """The queries we add; CloudNativePG already has ``pg_replication``."""
     queries: dict[str, Any] = {}
-    if with_replication:
+    if mode == "external":
         queries["pg_replication"] = {
             "query": _REPLICATION_SQL,
             "metrics": [
@@ -300,6 +317,20 @@ def _custom_queries(*, with_replication: bool) -> dict[str, Any]:
             {"live_rows": _column("GAUGE", "Estimated live rows")},
         ],
     }
+    queries["pg_platform_guard"] = {
+        "query": _PLATFORM_GUARD_SQL,
+        "metrics": [
+            {"datname": _column("LABEL", "Database")},
+            {
+                "rls_guard_installed": _column(
+                    "GAUGE", "1 while the event trigger platform_rls_guard is installed and enabled"
+                )
+            },
+        ],
+    }
+    if mode == "cnpg":
+        # CloudNativePG: every database it may connect to (only the platform's reports a row).
+        queries["pg_platform_guard"]["target_databases"] = ["*"]
     return queries
 
 
@@ -309,7 +340,7 @@ def postgres_exporter_queries_yaml() -> str:
     0.11 has no pg_stat_statements collector (its only collectors are ``database`` and
     ``bgwriter``), so statements, replication and per-schema activity come from this file.
     """
-    return yaml.safe_dump(_custom_queries(with_replication=True), sort_keys=False, width=1000)
+    return yaml.safe_dump(_custom_queries("external"), sort_keys=False, width=1000)
 
 
 def cnpg_custom_queries_yaml() -> str:
@@ -317,14 +348,14 @@ def cnpg_custom_queries_yaml() -> str:
 
     CloudNativePG's default set already has ``pg_replication``; this adds the rest.
     """
-    return yaml.safe_dump(_custom_queries(with_replication=False), sort_keys=False, width=1000)
+    return yaml.safe_dump(_custom_queries("cnpg"), sort_keys=False, width=1000)
 
 
 def custom_query_metric_names(mode: PostgresMode) -> frozenset[str]:
     """Names the custom queries produce: ``<prefix>_<query>_<column>`` for non-label columns."""
     prefix = "cnpg_" if mode == "cnpg" else ""
     names: set[str] = set()
-    for query_name, query in _custom_queries(with_replication=mode == "external").items():
+    for query_name, query in _custom_queries(mode).items():
         for column in query["metrics"]:
             ((column_name, spec),) = column.items()
             if spec["usage"] != "LABEL":
@@ -334,7 +365,7 @@ def custom_query_metric_names(mode: PostgresMode) -> frozenset[str]:
 
 def custom_query_sql(mode: PostgresMode) -> dict[str, str]:
     """Query name -> SQL, so a test can run every shipped query on a real server."""
-    queries = _custom_queries(with_replication=mode == "external")
+    queries = _custom_queries(mode)
     return {name: str(query["query"]) for name, query in queries.items()}
 
 

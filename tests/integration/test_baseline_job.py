@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import yaml
 
+from components.render.metrics_catalog import custom_query_sql
 from tests.conftest import STACKS
 from tests.integration.pg import PG_PACKAGE, PgCluster, running_cluster
 from tests.integration.pooler import one
@@ -273,3 +274,47 @@ def test_a_replaced_registry_is_never_read_as_superuser(stack: tuple[Rendered, P
 
 def _bundle(r: Rendered) -> list[tuple[str, str]]:
     return [(p.name, p.read_text()) for p in sorted(r.bundle_dir.iterdir())]
+
+
+def _guard_metric(cluster: PgCluster, database: str) -> list[tuple[Any, ...]]:
+    """The exporters' guard query (``pg_platform_guard``), as it runs in the database."""
+    query = custom_query_sql("external")["pg_platform_guard"]
+    assert query == custom_query_sql("cnpg")["pg_platform_guard"]
+    with cluster.connect(database) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_a_dropped_rls_guard_stops_the_job_and_shows_in_the_metric(
+    stack: tuple[Rendered, PgCluster],
+) -> None:
+    """The admin owns schema platform: DROP FUNCTION ... CASCADE takes the event trigger with it
+    without an error. The Job refuses to run on, and the exporters' query reports 0."""
+    r, cluster = stack
+    fresh_database(cluster, "unguarded")
+    bootstrap(r, cluster, "unguarded")
+    access_plan(r, cluster, "unguarded")
+    assert run_job(r, cluster, "unguarded").returncode == 0
+    assert _guard_metric(cluster, "unguarded") == [("unguarded", 1)]
+    with psycopg.connect(
+        host=cluster.host,
+        port=cluster.port,
+        user=ADMIN,
+        password=ADMIN_PASSWORD,
+        dbname="unguarded",
+        sslmode="verify-full",
+        sslrootcert=str(cluster.ca_file),
+        autocommit=True,
+    ) as admin:
+        admin.execute("DROP FUNCTION platform.rls_guard() CASCADE")
+    assert _guard_metric(cluster, "unguarded") == [("unguarded", 0)]
+    result = run_job(r, cluster, "unguarded")
+    assert result.returncode != 0
+    assert "without its RLS guard" in result.stderr, result.stderr
+    # A superuser re-applies the superuser part (the runbook's mitigation); the Job then passes.
+    repaired = run_job(
+        r, cluster, "unguarded", user="postgres", password=cluster.superuser_password
+    )
+    assert repaired.returncode == 0, repaired.stderr
+    assert "applying" in repaired.stdout
+    assert _guard_metric(cluster, "unguarded") == [("unguarded", 1)]
+    assert run_job(r, cluster, "unguarded").returncode == 0

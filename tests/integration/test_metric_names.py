@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from components.render.alerts import default_thresholds, render_prometheus_rules
+from components.render.baseline import baseline_sql_files
 from components.render.dashboards import dashboard_expressions, render_dashboards
 from components.render.metrics_catalog import (
     PostgresMode,
@@ -82,12 +83,15 @@ def used_names(mode: PostgresMode) -> frozenset[str]:
 def monitored_database(
     pg_cluster: PgCluster, fresh_database: Callable[[str], str]
 ) -> Iterator[tuple[str, str, str]]:
-    """A database with domain tables, statement history and a pg_monitor-only login role."""
+    """A database with domain tables, statement history, the platform's RLS guard and a
+    pg_monitor-only login role."""
     dbname = fresh_database("metrics_probe")
     role = "metrics_probe_" + os.urandom(4).hex()
     password = os.urandom(16).hex()
     with pg_cluster.connect() as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE pg_monitor")
+    [guard] = [text for name, text in baseline_sql_files() if name == "040_rls_guard.sql"]
+    pg_cluster.apply_sql(dbname, [("040_rls_guard.sql", guard)])
     with pg_cluster.connect(dbname) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         for schema in DOMAINS:
@@ -179,6 +183,9 @@ def test_our_queries_run_without_scrape_errors(exporter_scrape: str) -> None:
     assert re.search(r"^pg_exporter_last_scrape_error 0$", exporter_scrape, re.MULTILINE), (
         "postgres_exporter reported a failing query"
     )
+    assert re.search(
+        r"^pg_platform_guard_rls_guard_installed\{[^}]*\} 1$", exporter_scrape, re.MULTILINE
+    ), "the RLS guard of the monitored database is not reported as installed"
     for schema in DOMAINS:
         assert re.search(
             rf'^pg_schema_activity_rows_read_total\{{[^}}]*schemaname="{schema}"[^}}]*\}} [1-9]',
