@@ -50,6 +50,7 @@ RESERVED_NAMES: Final = frozenset(
         "postgrest",
         "postgraphile",
         "pgplatform_owner",
+        "pgplatform_audit_writer",
         "pgplatform_admin",
         "pgplatform_monitor",
         "pgbouncer_auth",
