@@ -43,7 +43,7 @@ def test_a_service_gets_its_schemas_existing_objects_only() -> None:
         for schema in ("analytics", "content")
         for object_type, privileges in (
             ("table", ("SELECT",)),
-            ("sequence", ("SELECT",)),
+            ("sequence", ()),
             ("function", ("EXECUTE",)),
         )
     }
