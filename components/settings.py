@@ -183,6 +183,27 @@ def _section_name(value: str) -> str:
     return value
 
 
+_BYTE_SUFFIXES: Final = {
+    **{s: 1024**i for i, s in enumerate(("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: 1000**i for i, s in enumerate(("", "k", "M", "G", "T", "P", "E"))},
+    "m": 0.001,
+}
+
+
+def _at_least_a_mebibyte(value: str) -> str:
+    """A memory or storage size: Kubernetes reads '2' as two bytes."""
+    match = re.fullmatch(r"([+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)", value)
+    if match is None:  # not a quantity at all: _quantity reports it
+        return value
+    number, suffix = match.groups()
+    if float(number) * _BYTE_SUFFIXES.get(suffix, 1) < 1024**2:
+        raise ValueError(
+            f"{value!r} is less than 1Mi (a number without a unit is bytes): "
+            f"use e.g. '{number}Gi' or '{number}Mi'"
+        )
+    return value
+
+
 def _public_base_url(value: str) -> str:
     """The scheme and host the API routes hang off; every route adds its own path."""
     bare = value.rstrip("/")
@@ -255,6 +276,8 @@ Duration = Annotated[str, BeforeValidator(_duration)]
 GoDuration = Annotated[str, BeforeValidator(_duration), AfterValidator(_go_duration)]
 Retention = Annotated[str, BeforeValidator(_duration), AfterValidator(_retention)]
 Quantity = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_quantity)]
+# Memory and storage: a bare small number is bytes, never what was meant.
+ByteQuantity = Annotated[Quantity, AfterValidator(_at_least_a_mebibyte)]
 # A Kubernetes object name (DNS subdomain), e.g. of a Secret the stack refers to.
 # (also a StorageClass's name)
 SecretName = Annotated[str, AfterValidator(_object_name)]
@@ -274,7 +297,7 @@ class _Model(BaseModel):
 
 class CpuMemory(_Model):
     cpu: Quantity
-    memory: Quantity
+    memory: ByteQuantity
 
 
 class ResourceSettings(_Model):
@@ -459,7 +482,7 @@ class RoleSettings(_Model):
 class PostgresSettings(_Model):
     mode: Literal["cnpg", "external"]
     instances: int = Field(ge=1, le=9)
-    storage_size: Quantity
+    storage_size: ByteQuantity
     storage_class: SecretName | None = None
     max_connections: int = Field(ge=20, le=10_000)
     database: SqlName

@@ -114,8 +114,8 @@ def test_cpu_given_as_a_number_is_a_quantity() -> None:
 
 @pytest.mark.parametrize("value", ["1.5", "2G", "1e3", "100Mi", ".5"])
 def test_kubernetes_quantity_forms(value: str) -> None:
-    raw = _with(_STAGING, "postgres.storageSize", value)
-    assert parse_settings("staging", raw).postgres.storage_size == value
+    raw = _with(_STAGING, "postgres.resources.limits.cpu", value)
+    assert parse_settings("staging", raw).postgres.resources.limits.cpu == value
 
 
 @pytest.mark.parametrize("value", ["1 core", "-1", "1GB", True])
@@ -296,3 +296,17 @@ def test_edge_values_settings_accept_build(
 def test_lists_and_paths_components_would_refuse(key: str, value: Any, reported: str) -> None:
     problem = _only_problem("staging", _with(_STAGING, key, value))
     assert problem.startswith(f"pgplatform:{reported}:")
+
+
+@pytest.mark.parametrize("value", [2, "2", "100Ki"])
+def test_memory_without_a_unit_is_not_taken_as_bytes(value: Any) -> None:
+    """`pulumi config set --path ...memory 2` stores 2, which Kubernetes reads as two bytes."""
+    problem = _only_problem("staging", _with(_STAGING, "postgres.resources.limits.memory", value))
+    assert problem.startswith("pgplatform:postgres.resources.limits.memory:")
+    assert "'2Gi'" in problem or "'100Gi'" in problem
+
+
+@pytest.mark.parametrize("value", ["512Mi", "1Gi", "2G", 1_073_741_824])
+def test_memory_sizes_pass(value: Any) -> None:
+    raw = _with(_STAGING, "postgres.storageSize", value)
+    assert parse_settings("staging", raw).postgres.storage_size == str(value)
