@@ -35,6 +35,16 @@ if TYPE_CHECKING:
 
 NAMESPACE: Final = "pgplatform"
 
+# Keys that existed once: what replaced them, instead of a bare "unknown key".
+REMOVED_KEYS: Final = {
+    f"pgplatform:graphql.{key}": (
+        "removed: the GraphQL pilot no longer installs from an npm registry at start; it runs "
+        "the image built from components/graphql/Dockerfile: delete this key and set "
+        "graphql.image (docs/graphql-pilot.md)"
+    )
+    for key in ("npmRegistry", "npmRegistryCidrs")
+}
+
 # Keys whose value must be a Pulumi secret (`pulumi config set --secret`).
 SECRET_KEYS: Final = frozenset({"postgresAdminPassword", "jwtSecret"})
 
@@ -578,7 +588,9 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
         loc = tuple(part for part in item["loc"] if part != "[key]")
         message = str(item["msg"]).removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see README 'Configuration')"
+            message = REMOVED_KEYS.get(
+                _key_path(loc), "unknown key (check the spelling; see README 'Configuration')"
+            )
         value = item.get("input")
         shown = value if isinstance(value, str | int | float | bool) else None
         problems.append(ConfigProblem(_key_path(loc), message, shown))

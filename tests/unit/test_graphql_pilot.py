@@ -158,6 +158,15 @@ def test_prod_refuses_the_pilot_without_its_image() -> None:
         settings_of("prod", config, secrets)
 
 
+def test_removed_npm_keys_say_what_replaced_them() -> None:
+    config, secrets = stack_config("staging")
+    config["pgplatform:graphql"] = json.dumps({"npmRegistry": "https://registry.npmjs.org/"})
+    with pytest.raises(
+        SettingsError, match=r"pgplatform:graphql\.npmRegistry: removed: .*graphql\.image"
+    ):
+        settings_of("staging", config, secrets)
+
+
 @pytest.mark.parametrize(
     ("image", "hint"),
     [
