@@ -19,7 +19,7 @@ from components.render.access import (
 )
 from components.render.alerts import AlertThresholds
 from components.render.domain_api import DomainApiSpec
-from components.render.durations import duration_ms
+from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
@@ -348,8 +348,8 @@ def pgbouncer_pool_settings(s: StackSettings) -> PoolSettings:
         max_client_conn=pg.max_client_conn,
         default_pool_size=pg.default_pool_size,
         reserve_pool_size=pg.reserve_pool_size,
-        server_idle_timeout=pg.server_idle_timeout,
-        query_wait_timeout=pg.query_wait_timeout,
+        server_idle_timeout=round(parse_duration(pg.server_idle_timeout)),
+        query_wait_timeout=round(parse_duration(pg.query_wait_timeout)),
         server_tls_sslmode=pg.server_tls_sslmode,
         query_timeout=query_timeout_backstop(role_timeouts_ms(access_plan(s)).values()),
     )

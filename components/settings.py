@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -125,6 +125,21 @@ def _retention(value: str) -> str:
     """CloudNativePG's retention policy takes days or weeks (its ``m`` means months)."""
     days = durations.whole_days(value)
     return f"{days // 7}w" if days % 7 == 0 else f"{days}d"
+
+
+def _seconds_between(low: int, high: int) -> Callable[[str], str]:
+    """A duration PgBouncer takes in whole seconds, within ``low``..``high``."""
+
+    def check(value: str) -> str:
+        seconds = durations.parse_duration(value)
+        if seconds != int(seconds) or not low <= seconds <= high:
+            raise ValueError(
+                f"{value!r}: use whole seconds between {durations.go_duration(f'{low}s')} "
+                f"and {durations.go_duration(f'{high}s')}"
+            )
+        return value
+
+    return check
 
 
 def _number_as_text(value: Any) -> Any:
@@ -389,8 +404,8 @@ class PgBouncerSettings(_Model):
     max_client_conn: int = Field(ge=10, le=100_000)
     default_pool_size: int = Field(ge=1, le=1000)
     reserve_pool_size: int = Field(ge=0, le=100)
-    server_idle_timeout: int = Field(ge=0, le=86_400)
-    query_wait_timeout: int = Field(ge=1, le=3600)
+    server_idle_timeout: Annotated[Duration, AfterValidator(_seconds_between(10, 86_400))]
+    query_wait_timeout: Annotated[Duration, AfterValidator(_seconds_between(1, 3600))]
     server_tls_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
     resources: ResourceSettings
 

@@ -310,3 +310,16 @@ def test_memory_without_a_unit_is_not_taken_as_bytes(value: Any) -> None:
 def test_memory_sizes_pass(value: Any) -> None:
     raw = _with(_STAGING, "postgres.storageSize", value)
     assert parse_settings("staging", raw).postgres.storage_size == str(value)
+
+
+def test_pgbouncer_timeouts_are_durations_too() -> None:
+    problem = _only_problem("staging", _with(_STAGING, "pgbouncer.queryWaitTimeout", 30))
+    assert problem.startswith("pgplatform:pgbouncer.queryWaitTimeout:")
+    assert "'30s'" in problem
+    raw = _with(_STAGING, "pgbouncer.queryWaitTimeout", "2m")
+    raw = _with(raw, "pgbouncer.serverIdleTimeout", "1h")
+    pool = inputs.pgbouncer_pool_settings(parse_settings("staging", raw))
+    assert (pool.query_wait_timeout, pool.server_idle_timeout) == (120, 3600)
+    problem = _only_problem("staging", _with(_STAGING, "pgbouncer.queryWaitTimeout", "2h"))
+    assert problem.startswith("pgplatform:pgbouncer.queryWaitTimeout:")
+    assert "1h" in problem
