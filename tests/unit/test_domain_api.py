@@ -81,7 +81,8 @@ def test_every_domain_gets_the_full_workload(
         "HTTPRoute",
     ]
     apis = [r.name for r in mocks.by_type("pgplatform:index:DomainApi")]
-    assert apis == [f"{render.dns_name(d)}-api" for d in settings.domains]
+    # The SDK registers from a pool of threads: the order of registrations is not a contract.
+    assert sorted(apis) == sorted(f"{render.dns_name(d)}-api" for d in settings.domains)
     for domain in settings.domains:
         for kind in kinds:
             assert len(objects(mocks, kind, domain)) == 1, (domain, kind)
