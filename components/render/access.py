@@ -41,8 +41,8 @@ _TABLE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {
     "all": ("SELECT", "INSERT", "UPDATE", "DELETE"),
 }
 # None on sequences: SELECT (last_value, currval) and USAGE (nextval) both reveal how many rows
-# a table holds. Identity columns need no sequence privilege; a serial column needs an explicit
-# grant, and with it leaks its position (docs/database.md).
+# a table holds. Identity columns need no sequence privilege; serial columns cannot be filled by
+# API roles (docs/database.md).
 _SEQUENCE_PRIVILEGES: Final[dict[str, tuple[str, ...]]] = {"read": (), "write": (), "all": ()}
 
 
