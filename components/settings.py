@@ -940,7 +940,10 @@ def budget_input(s: StackSettings) -> BudgetInput:
     if any(d.read_from_replicas for d in s.domains.values()):
         ro.append(AUTHENTICATOR)
     clients = [
-        ApiClients(name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool)
+        # Each PostgREST pod's schema-cache reloader adds one client connection.
+        ApiClients(
+            name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool, pollers=1
+        )
         for name, d in s.domains.items()
     ]
     if s.graphql.enabled:

@@ -60,16 +60,20 @@ class ApiClients:
     """The config key of the API, e.g. ``domains.identity`` or ``graphql``."""
     max_replicas: int
     db_pool: int
+    pollers: int = 0
+    """Further client connections per replica: PostgREST's schema-cache reloader polls the
+    schema version through the same pooler (one short connection at a time)."""
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.name):
             raise ValueError(f"ApiClients.name: {self.name!r} is not a config key")
         _check_count(f"{self.name}.max_replicas", self.max_replicas, 1)
         _check_count(f"{self.name}.db_pool", self.db_pool, 1)
+        _check_count(f"{self.name}.pollers", self.pollers, 0)
 
     @property
     def connections(self) -> int:
-        return self.max_replicas * self.db_pool
+        return self.max_replicas * (self.db_pool + self.pollers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,7 +205,8 @@ def compute_budget(inp: BudgetInput) -> Budget:
     client = tuple(
         Term(
             label=c.name,
-            formula=f"{c.max_replicas} max replicas x pool {c.db_pool}",
+            formula=f"{c.max_replicas} max replicas x pool {c.db_pool}"
+            + (f" (+ {c.pollers} schema poller each)" if c.pollers else ""),
             value=c.connections,
         )
         for c in inp.clients

@@ -162,7 +162,8 @@ def test_settings_report_the_client_budget() -> None:
         parse_settings("staging", raw)
     paths = [p.path for p in caught.value.problems]
     assert paths == ["pgplatform:pgbouncer.maxClientConn"]
-    assert "largest: domains.content 10000" in str(caught.value)
+    # 100 replicas x (pool 100 + the schema poller 1)
+    assert "largest: domains.content 10100" in str(caught.value)
 
 
 def test_verifying_pooler_needs_a_ca_for_an_external_database() -> None:

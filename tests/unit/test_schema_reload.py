@@ -91,3 +91,14 @@ def test_poll_interval_is_bounded() -> None:
 
     with pytest.raises(ValueError, match="schema_poll_seconds"):
         dataclasses.replace(spec, schema_poll_seconds=0)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_connection_budget_counts_the_reloader(stack: str) -> None:
+    """Each PostgREST pod's poller is one more client of PgBouncer at full scale."""
+    s = settings(stack)
+    clients = {c.name: c for c in inputs.budget_input(s).clients}
+    for name, domain in s.domains.items():
+        assert clients[f"domains.{name}"].connections == domain.replicas.max * (domain.db_pool + 1)
+    if s.graphql.enabled:
+        assert clients["graphql"].connections == s.graphql.replicas.max * s.graphql.db_pool
