@@ -5,16 +5,26 @@ command lines derived from the ObjectStore the prod stack renders (bucket and pr
 name, compression, jobs, credentials' keys, retention; only ``endpointURL`` is pointed at the
 local server). Then: a base backup, more writes, a restore to a timestamp and one to the latest
 point, each started as a real PostgreSQL that replays the archived WAL, and the retention policy
-applied by ``barman-cloud-backup-delete``. See ``tests/integration/barman_cloud.py``.
+applied by ``barman-cloud-backup-delete``. Finally the restore check's own rendered script runs
+against this archive, only its ``kubectl`` answering "create the recovery Cluster" by starting a
+server from the latest backup: it passes, and fails when a WAL segment is missing from the
+bucket. See ``tests/integration/barman_cloud.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import json
+import os
 import re
+import shutil
 import signal
+import socketserver
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +36,9 @@ import pytest
 import yaml
 
 from components import inputs
+from components.render import restore_check
+from components.settings import StackSettings, decode_config_value, parse_settings
+from tests.conftest import stack_config
 from tests.integration.barman_cloud import (
     FIELDS,
     BarmanCloud,
@@ -49,8 +62,18 @@ pytestmark = pytest.mark.integration
 
 SERVER = inputs.CLUSTER_NAME
 """The plugin archives under the Cluster's name (no ``serverName`` parameter is rendered)."""
-DATABASE = "postgres"
-"""No extra database: every base backup tars and gzips the whole data directory."""
+
+
+def prod_settings() -> StackSettings:
+    config, secrets = stack_config("prod")
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    return parse_settings("prod", raw, [k.split(":", 1)[1] for k in secrets])
+
+
+PROD = prod_settings()
+DATABASE = PROD.postgres.database
+CHECKED_SCHEMAS = inputs.restore_check_input(PROD).schemas  # type: ignore[union-attr]
+"""What the restore check's query expects in the restored database (prod's schemas)."""
 SECRET_VALUES = {"ACCESS_KEY_ID": "local-access-key", "ACCESS_SECRET_KEY": "local-secret-key"}
 
 
@@ -130,6 +153,7 @@ def archive(rendered_stack: Callable[[str], Path]) -> Iterator[Archive]:
                 "archive_command": relay.command("archive"),
             }
             with PgCluster(settings=settings) as primary:
+                primary.create_database(DATABASE)
                 yield Archive(s3=s3, barman=barman, relay=relay, primary=primary, spec=spec)
 
 
@@ -146,6 +170,9 @@ class History:
 
 @pytest.fixture(scope="module")
 def history(archive: Archive) -> History:
+    for schema in CHECKED_SCHEMAS:
+        archive.sql(f"CREATE SCHEMA {schema}")
+        archive.sql(f"CREATE TABLE {schema}.item AS SELECT g AS id FROM generate_series(1, 20) g")
     archive.sql("CREATE TABLE ledger (id serial PRIMARY KEY, phase text NOT NULL)")
     archive.sql("INSERT INTO ledger (phase) SELECT 'before' FROM generate_series(1, 100)")
     backup_id = archive.base_backup()
@@ -157,73 +184,104 @@ def history(archive: Archive) -> History:
     return History(backup_id=backup_id, target=target, before=100, until_target=50, after=25)
 
 
+class RestoredServer:
+    """A PostgreSQL started from a backup restored out of the bucket, replaying archived WAL.
+
+    Set up like the restore check's recovery Cluster: it reads the archive (``restore_command``
+    through the relay) and never writes to it (``archive_mode`` off). ``start`` returns at once;
+    ``wait`` blocks until recovery ended and the server was promoted, ``failed`` tells whether
+    the server gave up (a WAL segment it needs is missing).
+    """
+
+    def __init__(
+        self, archive: Archive, backup_id: str, target: datetime.datetime | None = None
+    ) -> None:
+        self.archive = archive
+        self.backup_id = backup_id
+        self.target = target
+        self.base = Path(tempfile.mkdtemp(prefix="pgplatform-restore-"))
+        self.port = free_port()
+        self.server: Any = None
+
+    def start(self) -> RestoredServer:
+        data = self.base / "data"
+        self.archive.barman.run("barman-cloud-restore", self.backup_id, str(data), timeout=300)
+        for path in (self.base, *self.base.rglob("*")):
+            give_to_server_user(path)
+        self.base.chmod(0o700)
+        data.chmod(0o700)
+        recovery = {
+            "port": str(self.port),
+            "listen_addresses": f"'{LOOPBACK}'",
+            "unix_socket_directories": f"'{self.base}'",
+            "archive_mode": "off",
+            "restore_command": self.archive.relay.command("restore"),
+            "recovery_target_action": "'promote'",
+        }
+        if self.target is not None:
+            recovery["recovery_target_time"] = f"'{self.target.isoformat()}'"
+        with (data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("".join(f"{key} = {value}\n" for key, value in recovery.items()))
+        (data / "recovery.signal").touch()
+        give_to_server_user(data / "recovery.signal")
+        self.server = spawn_server(
+            [str(PG_BIN / "postgres"), "-D", str(data)],
+            self.base / "server.log",
+            stop_signal=signal.SIGINT,
+        )
+        return self
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return connect(
+            host=str(self.base),
+            port=self.port,
+            user="postgres",
+            password=self.archive.primary.superuser_password,
+            dbname=DATABASE,
+            autocommit=True,
+        )
+
+    @property
+    def failed(self) -> bool:
+        return self.server is None or self.server.poll() is not None
+
+    def promoted(self) -> bool:
+        """True once the server accepts connections and has left recovery."""
+        with contextlib.suppress(psycopg.OperationalError), self.connect() as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            return row is not None and row[0] is False
+        return False
+
+    def wait(self, timeout: float = 180) -> psycopg.Connection[Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.failed:
+            if self.promoted():
+                return self.connect()
+            time.sleep(0.2)
+        raise AssertionError(f"the restored server did not finish recovery:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.base / "server.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.server is not None:
+            stop_server(self.server, stop_signal=signal.SIGINT)
+            self.server = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def restored(
     archive: Archive, backup_id: str, target: datetime.datetime | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """Restore ``backup_id`` into a new data directory, replay WAL, yield a connection."""
-    base = Path(tempfile.mkdtemp(prefix="pgplatform-restore-"))
-    data = base / "data"
-    server = None
+    server = RestoredServer(archive, backup_id, target)
     try:
-        archive.barman.run("barman-cloud-restore", backup_id, str(data), timeout=300)
-        for path in (base, *base.rglob("*")):
-            give_to_server_user(path)
-        base.chmod(0o700)
-        data.chmod(0o700)
-        port = free_port()
-        recovery = {
-            "port": str(port),
-            "listen_addresses": f"'{LOOPBACK}'",
-            "unix_socket_directories": f"'{base}'",
-            # Like the restore check's Cluster: it reads the archive, never writes to it.
-            "archive_mode": "off",
-            "restore_command": archive.relay.command("restore"),
-            "recovery_target_action": "'promote'",
-        }
-        if target is not None:
-            recovery["recovery_target_time"] = f"'{target.isoformat()}'"
-        with (data / "postgresql.auto.conf").open("a") as conf:
-            conf.write("".join(f"{key} = {value}\n" for key, value in recovery.items()))
-        (data / "recovery.signal").touch()
-        give_to_server_user(data / "recovery.signal")
-        server = spawn_server(
-            [str(PG_BIN / "postgres"), "-D", str(data)], base / "server.log", stop_signal=2
-        )
-        conn = wait_for_promotion(base, port, archive.primary.superuser_password, server)
-        with conn:
+        with server.start().wait() as conn:
             yield conn
     finally:
-        if server is not None:
-            stop_server(server, stop_signal=signal.SIGINT)
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def wait_for_promotion(
-    base: Path, port: int, password: str, server: Any, timeout: float = 180
-) -> psycopg.Connection[Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            break
-        with contextlib.suppress(psycopg.OperationalError):
-            conn = connect(
-                host=str(base),
-                port=port,
-                user="postgres",
-                password=password,
-                dbname=DATABASE,
-                autocommit=True,
-            )
-            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-            if row is not None and row[0] is False:
-                return conn
-            conn.close()
-        time.sleep(0.2)
-    log = (base / "server.log").read_text() if (base / "server.log").exists() else ""
-    raise AssertionError(f"the restored server did not finish recovery:\n{log}")
+        server.stop()
 
 
 def phases(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -276,6 +334,190 @@ def test_restore_to_the_latest_point(archive: Archive, history: History) -> None
             "until-target": history.until_target,
             "after": history.after,
         }
+
+
+_FAKE_KUBECTL = """
+import json, os, socket, sys
+argv = sys.argv[1:]
+stdin = sys.stdin.read() if "-i" in argv else ""
+with socket.socket(socket.AF_UNIX) as s:
+    s.connect(os.environ["FAKE_CLUSTER"])
+    s.sendall(json.dumps({"argv": argv, "stdin": stdin}).encode() + b"\\n")
+    answer = json.loads(s.makefile().readline())
+sys.stdout.write(answer["out"])
+sys.stderr.write(answer["err"])
+sys.exit(answer["code"])
+"""
+
+
+class FakeCluster:
+    """``kubectl`` for the restore-check script, where creating the recovery Cluster starts a
+    ``RestoredServer`` from the latest backup instead (the only step replaced). The created
+    manifest must read through the plugin from the rendered ObjectStore with the source's
+    server name; ``exec ... psql`` runs the real psql against the restored server."""
+
+    def __init__(self, archive: Archive, object_store: str, directory: Path) -> None:
+        self.archive = archive
+        self.object_store = object_store
+        self.socket = directory / "fake-cluster.sock"
+        self.restored: RestoredServer | None = None
+        self.created: list[dict[str, Any]] = []
+        self._server: socketserver.UnixStreamServer | None = None
+        bindir = directory / "bin"
+        bindir.mkdir()
+        (bindir / "kubectl").write_text(f"#!{sys.executable}\n{_FAKE_KUBECTL}")
+        # The script polls readiness every 15 s; a short real pause keeps it from spinning.
+        (bindir / "sleep").write_text("#!/bin/sh\nexec /bin/sleep 0.3\n")
+        for tool in ("kubectl", "sleep"):
+            (bindir / tool).chmod(0o755)
+        self.path = f"{bindir}:{os.environ['PATH']}"
+
+    def answer(self, argv: list[str], stdin: str) -> tuple[str, str, int]:
+        assert argv[0] == "--namespace", argv
+        verb, rest = argv[2], argv[3:]
+        handlers = {"get": self.get, "delete": self.delete, "create": self.create}
+        if verb in handlers:
+            return handlers[verb](rest)
+        if verb == "exec" and self.restored is not None:
+            return self.exec(rest, stdin)
+        return "", f"unexpected kubectl call {argv}\n", 1
+
+    def get(self, rest: list[str]) -> tuple[str, str, int]:
+        if "name" in rest:
+            return (f"cluster.postgresql.cnpg.io/{rest[1]}\n" if self.restored else ""), "", 0
+        if self.restored is None:
+            return "", "Error from server (NotFound)\n", 1
+        return ("True" if self.restored.promoted() else "False"), "", 0
+
+    def delete(self, rest: list[str]) -> tuple[str, str, int]:
+        if self.restored is not None:
+            self.restored.stop()
+            self.restored = None
+        return "", "", 0
+
+    def create(self, rest: list[str]) -> tuple[str, str, int]:
+        manifest = json.loads(Path(rest[rest.index("-f") + 1]).read_text())
+        self.created.append(manifest)
+        (origin,) = manifest["spec"]["externalClusters"]
+        params = origin["plugin"]["parameters"]
+        if params != {"barmanObjectName": self.object_store, "serverName": SERVER}:
+            return "", f"recovery source not found: {params}\n", 1
+        latest = str(self.archive.barman.backups()[-1]["backup_id"])
+        self.restored = RestoredServer(self.archive, latest).start()
+        return "", "", 0
+
+    def exec(self, rest: list[str], stdin: str) -> tuple[str, str, int]:
+        assert self.restored is not None
+        command = rest[rest.index("--") + 1 :]
+        command[0] = str(PG_BIN / "psql")
+        command[command.index("-h") + 1] = str(self.restored.base)
+        result = subprocess.run(
+            [*command, "-p", str(self.restored.port)],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PGPASSWORD": self.archive.primary.superuser_password},
+            timeout=120,
+            check=False,
+        )
+        return result.stdout, result.stderr, result.returncode
+
+    def __enter__(self) -> FakeCluster:
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                request = json.loads(self.rfile.readline())
+                try:
+                    out, err, code = fake.answer(request["argv"], request["stdin"])
+                except Exception as error:  # reported to the script as a failed call
+                    out, err, code = "", f"fake kubectl: {error!r}\n", 1
+                self.wfile.write(json.dumps({"out": out, "err": err, "code": code}).encode())
+                self.wfile.write(b"\n")
+
+        # One long-lived thread answers every call (the script makes them one at a time): the
+        # restored server it starts gets SIGINT when its starting thread ends (PDEATHSIG).
+        self._server = socketserver.UnixStreamServer(str(self.socket), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self.restored is not None:
+            self.restored.stop()
+
+
+def run_restore_check(
+    archive: Archive, build: Path, tmp_path: Path, *, timeout_seconds: int
+) -> tuple[subprocess.CompletedProcess[str], FakeCluster]:
+    """The rendered CronJob's files, run by bash with only ``DIR`` and ``TIMEOUT`` localised."""
+    (files_yaml,) = (
+        p
+        for p in (build / "manifests").glob("configmap_*.yaml")
+        if restore_check.SCRIPT_KEY in (yaml.safe_load(p.read_text()).get("data") or {})
+    )
+    data = yaml.safe_load(files_yaml.read_text())["data"]
+    files = tmp_path / "files"
+    files.mkdir()
+    script = data[restore_check.SCRIPT_KEY].replace(
+        f"DIR={restore_check.MOUNT_DIR}\n", f"DIR={files}\n"
+    )
+    script = re.sub(r"(?m)^TIMEOUT=\d+$", f"TIMEOUT={timeout_seconds}", script)
+    assert script.count(str(files)) == 1
+    assert f"TIMEOUT={timeout_seconds}" in script
+    for key, text in {**data, restore_check.SCRIPT_KEY: script}.items():
+        (files / key).write_text(text)
+    object_store = rendered_object_store(build)["metadata"]["name"]
+    fake = FakeCluster(archive, object_store, tmp_path)
+    with fake:
+        result = subprocess.run(
+            [shutil.which("bash") or "/bin/bash", str(files / restore_check.SCRIPT_KEY)],
+            env={**os.environ, "PATH": fake.path, "FAKE_CLUSTER": str(fake.socket)},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_seconds + 300,
+            check=False,
+        )
+    return result, fake
+
+
+def test_the_restore_check_script_proves_the_archive_restores(
+    archive: Archive, history: History, rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    result, fake = run_restore_check(archive, rendered_stack("prod"), tmp_path, timeout_seconds=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASSED" in result.stdout
+    n = len(CHECKED_SCHEMAS)
+    assert f"restore check passed: {n} schemas, {n} tables, {20 * n} rows read" in result.stderr
+    (manifest,) = fake.created
+    assert manifest["metadata"]["name"] == f"{SERVER}-restored"
+    assert fake.restored is None, "the recovery Cluster was deleted again"
+
+
+def test_the_restore_check_fails_when_a_wal_segment_is_missing(
+    archive: Archive, history: History, rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Without the segment that ends the base backup the recovery never becomes consistent:
+    the Cluster never gets Ready, the check fails after its timeout and still cleans up."""
+    (backup,) = [b for b in archive.barman.backups() if b["backup_id"] == history.backup_id]
+    bucket, _, _ = archive.barman.url.removeprefix("s3://").partition("/")
+    (key,) = [k for k in archive.objects("wals") if Path(k).name == f"{backup['end_wal']}.gz"]
+    client = archive.s3.client()
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    client.delete_object(Bucket=bucket, Key=key)
+    try:
+        result, fake = run_restore_check(
+            archive, rendered_stack("prod"), tmp_path, timeout_seconds=10
+        )
+    finally:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    assert result.returncode != 0
+    assert "not ready after 10s" in result.stdout
+    assert "FAILED" in result.stdout
+    assert fake.restored is None, "the recovery Cluster was deleted again"
 
 
 def test_retention_keeps_what_the_recovery_window_needs(archive: Archive, history: History) -> None:
