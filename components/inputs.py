@@ -18,6 +18,7 @@ from components.render.access import (
     build_access_plan,
 )
 from components.render.alerts import AlertThresholds
+from components.render.baseline import GroupRoles
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
@@ -97,13 +98,23 @@ def exposed_schemas(s: StackSettings) -> tuple[str, ...]:
     return tuple(s.schema_of(d) for d in s.domains)
 
 
+def group_roles(s: StackSettings) -> GroupRoles:
+    """Roles from the groups claim (auth.baseRole, auth.groupRoles) for the SQL baseline."""
+    return GroupRoles(
+        base_role=s.auth.base_role,
+        mapping=tuple(
+            (group, entry.role, entry.priority) for group, entry in s.auth.group_roles.items()
+        ),
+    )
+
+
 def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     """The ordered SQL bundle: access plan, then the platform baseline for the exposed schemas."""
     from components.render.access import render_access_sql
     from components.render.baseline import ACCESS_FILE, stack_sql_files
 
     access = render_access_sql(access_plan(s), s.postgres.database)
-    return [(ACCESS_FILE, access), *stack_sql_files(exposed_schemas(s))]
+    return [(ACCESS_FILE, access), *stack_sql_files(exposed_schemas(s), group_roles(s))]
 
 
 def pgbouncer_host(s: StackSettings) -> str:

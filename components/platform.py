@@ -151,6 +151,7 @@ def build_platform(s: StackSettings) -> Platform:
             database=pg.database,
             sslmode=pg.sslmode,
             exposed_schemas=inputs.exposed_schemas(s),
+            group_roles=inputs.group_roles(s),
             endpoint=database.endpoint,
         ),
         opts=after(access),

@@ -531,6 +531,14 @@ class PostgresSettings(_Model):
         return self
 
 
+class GroupRoleSettings(_Model):
+    """One entry of ``auth.groupRoles``: the API role a group maps to and its precedence."""
+
+    # An API role name (api_* is reserved for domains and services): checked in _auth_checks.
+    role: str = Field(min_length=1, max_length=63)
+    priority: int
+
+
 class AuthSettings(_Model):
     mode: Literal["hs256", "jwks"]
     audience: str = Field(min_length=1)
@@ -538,6 +546,11 @@ class AuthSettings(_Model):
     role_claim_key: str = Field(min_length=2)
     anonymous: bool
     jwks_url: str | None = Field(default=None, pattern=r"^https://")
+    # Checked in _auth_checks against the stack's API roles.
+    base_role: str | None = Field(default=None, min_length=1, max_length=63)
+    group_roles: dict[Annotated[str, Field(min_length=1, max_length=256)], GroupRoleSettings] = (
+        Field(default_factory=dict)
+    )
 
 
 class StackSettings(_Model):
@@ -616,6 +629,36 @@ def _problem(key: str, message: str, value: Any = None) -> ConfigProblem:
     return ConfigProblem(f"{NAMESPACE}:{key}", message, value)
 
 
+def _group_role_checks(s: StackSettings) -> list[ConfigProblem]:
+    """auth.baseRole and auth.groupRoles name API roles this stack creates."""
+    problems = []
+    mapped = ["api_user", "api_editor", "api_admin", *(f"api_service_{c.name}" for c in s.services)]
+    base_allowed = ["api_anonymous", *mapped] if s.auth.anonymous else mapped
+    base = s.auth.base_role
+    if base is not None and base not in base_allowed:
+        problems.append(
+            _problem("auth.baseRole", f"must be one of {base_allowed} in this stack", base)
+        )
+    if s.auth.group_roles and base is None:
+        problems.append(
+            _problem(
+                "auth.baseRole",
+                "required with auth.groupRoles: the role that groups elevate from "
+                f"(one of {base_allowed})",
+            )
+        )
+    for group, entry in s.auth.group_roles.items():
+        if entry.role not in mapped:
+            problems.append(
+                _problem(f"auth.groupRoles.{group}.role", f"must be one of {mapped}", entry.role)
+            )
+        if not group.isprintable():
+            problems.append(
+                _problem("auth.groupRoles", "group names are printable text", repr(group))
+            )
+    return problems
+
+
 def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
     problems = []
     prod = s.environment == "prod"
@@ -648,6 +691,7 @@ def _auth_checks(s: StackSettings) -> list[ConfigProblem]:
         validate_role_claim_key(s.auth.role_claim_key)
     except ValueError as error:
         problems.append(_problem("auth.roleClaimKey", str(error), s.auth.role_claim_key))
+    problems += _group_role_checks(s)
     if s.jwt_secret is not None and s.auth.mode != "hs256":
         problems.append(
             _problem("jwtSecret", "only used with auth.mode 'hs256': remove it from this stack")

@@ -24,7 +24,7 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job as render
-from components.render.baseline import bundle_checksum, job_bundle
+from components.render.baseline import NO_GROUP_ROLES, GroupRoles, bundle_checksum, job_bundle
 from components.render.pgbouncer_pool import DatabaseEgress
 
 
@@ -37,6 +37,8 @@ class SqlBaselineArgs:
     sslmode: str
     """libpq sslmode towards the database (``postgres.sslmode``)."""
     exposed_schemas: tuple[str, ...]
+    group_roles: GroupRoles = NO_GROUP_ROLES
+    """Roles from the groups claim (``auth.baseRole``, ``auth.groupRoles``)."""
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
 
@@ -45,7 +47,7 @@ class SqlBaselineArgs:
             raise ValueError("exposed_schemas: at least one schema is exposed by an API")
         if self.sslmode not in render.SSLMODES:
             raise ValueError(f"sslmode: one of {render.SSLMODES}, got {self.sslmode!r}")
-        job_bundle(self.exposed_schemas)  # validates the schema names
+        job_bundle(self.exposed_schemas, self.group_roles)  # validates the schema names
 
 
 class SqlBaseline(pulumi.ComponentResource):
@@ -64,7 +66,7 @@ class SqlBaseline(pulumi.ComponentResource):
         super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
         ns = args.namespace
         labels = render.labels()
-        bundle = job_bundle(args.exposed_schemas)
+        bundle = job_bundle(args.exposed_schemas, args.group_roles)
         checksum = bundle_checksum(bundle)
         child = pulumi.ResourceOptions(parent=self)
 

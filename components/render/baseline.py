@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +29,7 @@ DB_DIR: Final = Path(__file__).resolve().parents[2] / "db"
 # Every baseline file runs after the rendered access file, which creates roles and schemas.
 ACCESS_FILE: Final = "010_access.sql"
 EXPOSED_SCHEMAS_FILE: Final = "090_exposed_schemas.sql"
+GROUP_ROLES_FILE: Final = "091_group_roles.sql"
 # First line of a file that only a superuser can apply.
 SUPERUSER_MARK: Final = "-- pgplatform: superuser"
 # Rendered last among the superuser files: records which superuser part is installed.
@@ -53,6 +55,43 @@ _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Schemas an API must never serve: PostgreSQL's own and the platform's internals.
 _NEVER_EXPOSED: Final = frozenset({"public", "audit", "platform", "information_schema"})
+_API_ROLE = re.compile(r"^(api_user|api_editor|api_admin|api_service_[a-z0-9_]+)$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GroupRoles:
+    """Roles from the ``groups`` claim: the base role and ``group -> (role, priority)``."""
+
+    base_role: str | None = None
+    """The role a token without a role claim runs as; only it is elevated by groups."""
+    mapping: tuple[tuple[str, str, int], ...] = ()
+    """``(group, API role, priority)``; the highest priority among a token's groups wins."""
+
+    def __post_init__(self) -> None:
+        if self.base_role is not None and not (
+            self.base_role == "api_anonymous" or _API_ROLE.match(self.base_role)
+        ):
+            raise ValueError(f"base_role: {self.base_role!r} is not an API role")
+        if self.mapping and self.base_role is None:
+            raise ValueError("base_role: required when groups map to roles")
+        groups = [group for group, _, _ in self.mapping]
+        for group, role, priority in self.mapping:
+            if not group or not group.isprintable():
+                raise ValueError(f"mapping: group {group!r} is empty or not printable")
+            if not _API_ROLE.match(role):
+                raise ValueError(
+                    f"mapping: group {group!r} maps to {role!r}; allowed: api_user, "
+                    "api_editor, api_admin, api_service_<name>"
+                )
+            if not isinstance(priority, int) or isinstance(priority, bool):
+                raise ValueError(f"mapping: priority of group {group!r} must be an integer")
+        duplicates = sorted({group for group in groups if groups.count(group) > 1})
+        if duplicates:
+            raise ValueError(f"mapping: groups listed more than once: {duplicates}")
+
+
+# No groups mapping: tokens keep the role PostgREST switched to.
+NO_GROUP_ROLES: Final = GroupRoles()
 
 
 def baseline_sql_files() -> list[tuple[str, str]]:
@@ -114,6 +153,33 @@ def render_exposed_schemas_sql(schemas: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sql_text(value: str) -> str:
+    """A standard-conforming SQL string literal (quotes doubled)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def render_group_roles_sql(groups: GroupRoles) -> str:
+    """Idempotent SQL making ``platform.group_role`` and the base role exactly the stack's."""
+    rows = [
+        f"    ({_sql_text(group)}, {_sql_text(role)}, {priority})"
+        for group, role, priority in sorted(groups.mapping)
+    ]
+    lines = [
+        "-- Roles from the groups claim (rendered from auth.groupRoles and auth.baseRole).",
+        "DELETE FROM platform.group_role;",
+    ]
+    if rows:
+        lines += ["INSERT INTO platform.group_role (group_name, role, priority) VALUES"]
+        lines += [",\n".join(rows) + ";"]
+    lines += ["DELETE FROM platform.group_base_role;"]
+    if groups.base_role is not None:
+        lines += [
+            "INSERT INTO platform.group_base_role (role)",
+            f"VALUES ({_sql_text(groups.base_role)});",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def is_superuser_file(text: str) -> bool:
     """True when the file starts with the superuser mark (see the module doc)."""
     return text.split("\n", 1)[0].strip() == SUPERUSER_MARK
@@ -169,15 +235,23 @@ def superuser_sql_files() -> list[tuple[str, str]]:
     return [*files, (SUPERUSER_VERSION_FILE, render_superuser_version_sql(superuser_version()))]
 
 
-def admin_sql_files(exposed_schemas: Sequence[str]) -> list[tuple[str, str]]:
-    """What the database owner applies: the other baseline files and the exposed schemas."""
+def admin_sql_files(
+    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+) -> list[tuple[str, str]]:
+    """What the database owner applies: the other baseline files, exposed schemas, groups."""
     files = [(name, text) for name, text in baseline_sql_files() if not is_superuser_file(text)]
-    return [*files, (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas))]
+    return [
+        *files,
+        (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas)),
+        (GROUP_ROLES_FILE, render_group_roles_sql(groups)),
+    ]
 
 
-def stack_sql_files(exposed_schemas: Sequence[str]) -> list[tuple[str, str]]:
+def stack_sql_files(
+    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+) -> list[tuple[str, str]]:
     """Everything after ``010_access.sql`` in file-name order, for one superuser to apply."""
-    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas)])
+    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas, groups)])
 
 
 def render_bootstrap_sql() -> str:
@@ -191,7 +265,7 @@ def render_bootstrap_sql() -> str:
     return "\n".join(parts)
 
 
-def render_apply_script(exposed_schemas: Sequence[str]) -> str:
+def render_apply_script(exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES) -> str:
     """``apply.psql``: the baseline Job's script (``psql -X -f apply.psql``), one transaction.
 
     The superuser part is applied when the session is a superuser (an external database whose
@@ -201,7 +275,7 @@ def render_apply_script(exposed_schemas: Sequence[str]) -> str:
     """
     version = superuser_version()
     include = [f"\\ir {name}" for name, _ in superuser_sql_files()]
-    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas)]
+    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas, groups)]
     lines = [
         "-- Platform SQL baseline, applied by the database owner (rendered by pgplatform).",
         "\\set ON_ERROR_STOP on",
@@ -261,11 +335,13 @@ def render_apply_script(exposed_schemas: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def job_bundle(exposed_schemas: Sequence[str]) -> dict[str, str]:
+def job_bundle(
+    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+) -> dict[str, str]:
     """ConfigMap data of the baseline Job: the script and every file it may include."""
-    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas)}
+    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups)}
     bundle.update(superuser_sql_files())
-    bundle.update(admin_sql_files(exposed_schemas))
+    bundle.update(admin_sql_files(exposed_schemas, groups))
     return dict(sorted(bundle.items()))
 
 

@@ -693,6 +693,63 @@ def test_staging_anonymous_requests_run_as_the_anonymous_role(
     assert rows_of(body) == [tuple(row) for row in expected] == []
 
 
+# -- roles from the groups claim (staging: auth.baseRole api_anonymous, auth.groupRoles) ---------
+GROUP_CASES = {
+    "admins": ("admin-g", ["admins"]),
+    "several groups, highest wins": ("editor-e", ["readers", "editors"]),
+    "reader": ("user-b", ["readers"]),
+    "unknown group stays anonymous": ("user-a", ["unknown"]),
+    "rogue mapping refused": ("user-a", ["rogue"]),
+}
+
+
+@pytest.fixture
+def rogue_mapping(database: PgCluster) -> Iterator[None]:
+    """A mapping the admin wrote by mistake: a group to a role that is not an API role."""
+    with database.connect(DATABASE) as admin:
+        admin.execute("INSERT INTO platform.group_role VALUES ('rogue', 'pgplatform_owner', 99)")
+    yield
+    with database.connect(DATABASE) as admin:
+        admin.execute("DELETE FROM platform.group_role WHERE group_name = 'rogue'")
+
+
+@pytest.mark.parametrize("case", list(GROUP_CASES))
+def test_roles_from_groups_match_postgrest(
+    servers: dict[str, PostGraphile], keys: Keys, rest: Conn, rogue_mapping: None, case: str
+) -> None:
+    """A token without a role claim: PostGraphile and PostgREST elevate it to the same role."""
+    sub, groups = GROUP_CASES[case]
+    token_claims = keys.staging.claims(sub=sub, groups=groups)
+    expected = postgrest_request(
+        rest,
+        {**token_claims, "role": "api_anonymous"},
+        "SELECT sub, display_name FROM identity.accounts ORDER BY sub",
+    )
+    status, body = servers["staging"].post(ACCOUNTS_QUERY, keys.staging.token(token_claims))
+    if case == "rogue mapping refused":
+        assert expected == Refused("42501")
+        assert_refused(status, body, 403)
+        return
+    assert status == 200, body
+    assert rows_of(body) == [tuple(row) for row in expected]
+    seen = {
+        "admins": list(ACCOUNTS),
+        "several groups, highest wins": [("editor-e", "Eve")],
+        "reader": [("user-b", "Bob")],
+        "unknown group stays anonymous": [],
+    }[case]
+    assert sorted(rows_of(body)) == sorted(seen)
+
+
+def test_forged_role_claim_with_groups_is_refused(
+    servers: dict[str, PostGraphile], keys: Keys
+) -> None:
+    for forged in ("pgplatform_owner", "postgraphile"):
+        token = keys.staging.token(keys.staging.claims(role=forged, sub="x", groups=["admins"]))
+        status, body = servers["staging"].post(ACCOUNTS_QUERY, token)
+        assert_refused(status, body, 403)
+
+
 def test_es256_key_of_the_jwks_is_accepted(servers: dict[str, PostGraphile], keys: Keys) -> None:
     signer = keys.prod_es256
     status, body = servers["prod"].post(

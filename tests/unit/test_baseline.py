@@ -13,7 +13,9 @@ from components.render.baseline import (
     ACCESS_FILE,
     APPLY_SCRIPT,
     EXPOSED_SCHEMAS_FILE,
+    GROUP_ROLES_FILE,
     SUPERUSER_VERSION_FILE,
+    GroupRoles,
     admin_sql_files,
     baseline_sql_files,
     bundle_checksum,
@@ -22,6 +24,7 @@ from components.render.baseline import (
     render_apply_script,
     render_bootstrap_sql,
     render_exposed_schemas_sql,
+    render_group_roles_sql,
     render_superuser_version_sql,
     stack_sql_files,
     superuser_sql_files,
@@ -59,6 +62,7 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
         *names,
         SUPERUSER_VERSION_FILE,
         EXPOSED_SCHEMAS_FILE,
+        GROUP_ROLES_FILE,
     ]
 
 
@@ -226,3 +230,42 @@ def test_job_bundle_and_checksum() -> None:
     assert "('identity')" in bundle[EXPOSED_SCHEMAS_FILE]
     assert bundle_checksum(bundle) == bundle_checksum(dict(reversed(list(bundle.items()))))
     assert bundle_checksum(bundle) != bundle_checksum(job_bundle(["identity"]))
+
+
+def test_group_roles_render_the_mapping_and_the_base_role() -> None:
+    groups = GroupRoles(
+        base_role="api_user",
+        mapping=(("o'hara team", "api_editor", 20), ("admins", "api_admin", 30)),
+    )
+    text = render_group_roles_sql(groups)
+    assert "('admins', 'api_admin', 30),\n    ('o''hara team', 'api_editor', 20);" in text
+    assert "VALUES ('api_user');" in text
+    assert text.index("DELETE FROM platform.group_role;") < text.index("INSERT")
+    empty = render_group_roles_sql(GroupRoles())
+    assert "INSERT" not in empty
+    assert "DELETE FROM platform.group_role;" in empty
+    assert "DELETE FROM platform.group_base_role;" in empty
+    bundle = job_bundle(["content"], groups)
+    assert bundle[GROUP_ROLES_FILE] == text
+    assert bundle_checksum(bundle) != bundle_checksum(job_bundle(["content"]))
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ({"mapping": (("g", "api_user", 1),)}, "base_role: required"),
+        ({"base_role": "postgres"}, "not an API role"),
+        ({"base_role": "api_user", "mapping": (("g", "pgplatform_owner", 1),)}, "maps to"),
+        ({"base_role": "api_user", "mapping": (("g", "api_anonymous", 1),)}, "maps to"),
+        ({"base_role": "api_user", "mapping": (("", "api_user", 1),)}, "empty"),
+        (
+            {"base_role": "api_user", "mapping": (("g", "api_user", 1), ("g", "api_admin", 2))},
+            "more than once",
+        ),
+    ],
+)
+def test_group_roles_refuse_what_pre_request_would_refuse(
+    groups: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        GroupRoles(**groups)  # type: ignore[arg-type]

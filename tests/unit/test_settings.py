@@ -214,3 +214,70 @@ def test_error_message_is_one_readable_block() -> None:
     text = str(caught.value)
     assert text.startswith("invalid stack configuration (1 problems):")
     assert "Traceback" not in text
+
+
+def test_group_roles_map_to_api_roles_of_the_stack() -> None:
+    groups = {
+        "editors": {"role": "api_editor", "priority": 20},
+        "cms": {"role": "api_service_cms", "priority": 5},
+    }
+    raw = _with(_with(_STAGING, "auth.groupRoles", groups), "auth.baseRole", "api_anonymous")
+    settings = parse_settings("staging", raw)
+    assert settings.auth.base_role == "api_anonymous"
+    assert settings.auth.group_roles["cms"].role == "api_service_cms"
+    prod = _with(
+        _with(_PROD, "auth.groupRoles", {"editors": groups["editors"]}), "auth.baseRole", "api_user"
+    )
+    assert parse_settings("prod", prod).auth.base_role == "api_user"
+
+
+@pytest.mark.parametrize(
+    ("stack", "auth", "key", "hint"),
+    [
+        (
+            "staging",
+            {"groupRoles": {"g": {"role": "api_user", "priority": 1}}},
+            "auth.baseRole",
+            "required",
+        ),
+        ("prod", {"baseRole": "api_anonymous"}, "auth.baseRole", "must be one of"),
+        ("staging", {"baseRole": "postgres"}, "auth.baseRole", "must be one of"),
+        (
+            "staging",
+            {
+                "baseRole": "api_user",
+                "groupRoles": {"g": {"role": "pgplatform_owner", "priority": 1}},
+            },
+            "auth.groupRoles.g.role",
+            "must be one of",
+        ),
+        (
+            "staging",
+            {"baseRole": "api_user", "groupRoles": {"g": {"role": "api_anonymous", "priority": 1}}},
+            "auth.groupRoles.g.role",
+            "must be one of",
+        ),
+        (
+            "staging",
+            {
+                "baseRole": "api_user",
+                "groupRoles": {"g": {"role": "api_service_nope", "priority": 1}},
+            },
+            "auth.groupRoles.g.role",
+            "api_service_cms",
+        ),
+        (
+            "staging",
+            {"baseRole": "api_user", "groupRoles": {"g": {"role": "api_user"}}},
+            "auth.groupRoles.g.priority",
+            "",
+        ),
+    ],
+)
+def test_group_role_errors_name_their_key(
+    stack: str, auth: dict[str, Any], key: str, hint: str
+) -> None:
+    raw = copy.deepcopy(_STAGING if stack == "staging" else _PROD)
+    raw["auth"].update(auth)
+    problems = _problems(stack, raw)
+    assert any(p.startswith(f"pgplatform:{key}") and hint in p for p in problems), problems
