@@ -19,18 +19,20 @@ unknown too, exactly as far as the program lets it spread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from google.protobuf import struct_pb2
 from pulumi import output as pulumi_output
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import resource as runtime_resource
 from pulumi.runtime import rpc
-from pulumi.runtime.proto import source_pb2
+from pulumi.runtime.proto import resource_pb2, source_pb2
 
 # How the mocked engine marks a secret value on the wire.
 SECRET_SIG = rpc._special_sig_key  # "4dabf18193072939515e22adb298388d"
@@ -177,7 +179,95 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
             ),
             aliases=aliases,
         )
-        return super().RegisterResource(request)
+        return self._register(request)
+
+    def _register(self, request: Any) -> Any:
+        """The plain monitor's answer, with the state put on the wire directly.
+
+        The plain monitor serialises the state through the SDK's asynchronous serialiser, which
+        handles Outputs, resources and assets; a mocked state holds none of those (plain JSON
+        values, secrets already in wire form, unknowns), and that serialiser was the largest
+        cost per registration of a render.
+        """
+        urn = self.make_urn(request.parent, request.type, request.name)
+        if request.type == "pulumi:pulumi:Stack":
+            return resource_pb2.RegisterResourceResponse(urn=urn)
+        args = pulumi.runtime.MockResourceArgs(
+            typ=request.type,
+            name=request.name,
+            inputs=_from_the_wire(request.object),
+            provider=request.provider,
+            resource_id=request.importId,
+            custom=request.custom or False,
+        )
+        answered, state = self.recording.new_resource(args)
+        id_ = answered or ""
+        wire = struct_pb2.Struct()
+        wire.update(_on_the_wire(state))
+        self.resources[urn] = pulumi_mocks.MockMonitor.ResourceRegistration(urn, id_, state)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=wire)
+
+
+def _from_the_wire(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A registration's inputs as the SDK's deserialiser gives them to plain mocks.
+
+    Secrets stay in their wire form (``{sig: secret, "value": ...}``), an unknown stays the
+    engine's marker string (:func:`is_unknown` knows both forms), a null leaves its key out. The
+    program passes no assets, archives or resource references, the only wire forms this skips.
+    """
+    return _fields(message)
+
+
+def _fields(message: struct_pb2.Struct) -> dict[str, Any]:
+    return {
+        key: value for key, item in message.fields.items() if (value := _value(item)) is not None
+    }
+
+
+def _value(item: struct_pb2.Value) -> Any:
+    kind = item.WhichOneof("kind")
+    if kind == "string_value":
+        return item.string_value
+    if kind == "struct_value":
+        return _fields(item.struct_value)
+    if kind == "list_value":
+        return [_value(v) for v in item.list_value.values]
+    if kind == "number_value":
+        return item.number_value
+    if kind == "bool_value":
+        return item.bool_value
+    return None
+
+
+def _on_the_wire(value: Any) -> Any:
+    """A mocked state as the engine sends it: unknowns as its marker, the rest as is."""
+    if isinstance(value, dict):
+        return {k: _on_the_wire(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_on_the_wire(v) for v in value]
+    if isinstance(value, pulumi_output.Unknown):
+        return rpc.UNKNOWN
+    return value
+
+
+class _InlineExecutor(concurrent.futures.ThreadPoolExecutor):
+    """Runs what the SDK hands the loop's executor (its monitor calls) on the loop's thread.
+
+    The SDK sends every registration to the engine from a worker thread, as a real gRPC call
+    blocks; the mocked monitor answers at once, and two thread hops per registration cost
+    more than the answer. The mocked monitor already pumps the running loop when it needs to
+    (``_sync_await``), so answering inline keeps the order of events and every result the same.
+    """
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to the awaiting coroutine
+            future.set_exception(error)
+        return future
 
 
 def install(stack: str, project: str = "pgplatform", *, preview: bool = False) -> RecordingMocks:
@@ -185,7 +275,9 @@ def install(stack: str, project: str = "pgplatform", *, preview: bool = False) -
 
     A new event loop and root stack per call: runs must not see each other's registrations.
     """
-    asyncio.set_event_loop(asyncio.new_event_loop())
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_InlineExecutor(max_workers=1))
+    asyncio.set_event_loop(loop)
     pulumi.runtime.settings.ROOT.set(None)
     # The SDK walks the Python stack of every registration to report its source position to
     # the engine's diagnostics; the mocked engine drops it, and the walk is ~15% of a render.

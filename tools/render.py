@@ -127,7 +127,14 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
                 name = _file_name(str(inputs.get("name", recorded.name)))
                 (out / "files" / "vault" / f"{name}.hcl").write_text(str(inputs.get("policy")))
             continue
-        manifest = manifest_of(recorded.type, redact(recorded.outputs or recorded.inputs))
+        # The answered state is the inputs with what the provider filled in (a generated
+        # name): only values that are not the very input objects need redacting again.
+        given = recorded.inputs
+        state = {
+            key: inputs[key] if key in given and value is given[key] else redact(value)
+            for key, value in (recorded.outputs or given).items()
+        }
+        manifest = manifest_of(recorded.type, state)
         name = manifest["metadata"].get("name", recorded.name)
         if name == UNKNOWN:  # a name generated at creation: files go by the logical name
             name = recorded.name
