@@ -35,7 +35,7 @@ import importlib.util
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 
@@ -63,8 +63,11 @@ class KubeObject(pulumi.CustomResource):
     secret): only those leaves are unknown on a preview, never the whole object.
     """
 
-    metadata: pulumi.Output[dict[str, Any]]
-    """The object's metadata as the API server returns it (with the generated name)."""
+    if TYPE_CHECKING:
+        # Declared for the type checker only: an annotation the SDK can see makes it evaluate
+        # the class's type hints again on every registration (a tenth of a large render).
+        metadata: pulumi.Output[dict[str, Any]]
+        """The object's metadata as the API server returns it (with the generated name)."""
 
     def __init__(
         self,

@@ -97,14 +97,42 @@ def _file_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
+class _Tree:
+    """Writes a render over the previous one in place, then removes whatever this render did
+    not write: the tree a fresh directory would get, without deleting and creating again the
+    hundreds of files a large stack has (the slowest part of writing it on a busy disk)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.written: set[Path] = set()
+        self.folders: set[Path] = set()
+
+    def folder(self, path: Path) -> None:
+        if path not in self.folders:
+            path.mkdir(parents=True, exist_ok=True)
+            self.folders.add(path)
+
+    def write(self, path: Path, text: str) -> None:
+        self.folder(path.parent)
+        path.write_text(text)
+        self.written.add(path)
+
+    def prune(self) -> None:
+        for path in sorted(self.out.rglob("*"), reverse=True):  # children before parents
+            if path.is_dir():
+                if path not in self.folders:
+                    shutil.rmtree(path)
+            elif path not in self.written:
+                path.unlink()
+
+
 def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[str]:
     """Write every artefact of a finished mocked run; returns resources per type."""
     from tools.mocks import UNKNOWN, redact
 
-    if out.exists():
-        shutil.rmtree(out)
+    tree = _Tree(out)
     for sub in ("manifests", "files", "sql"):
-        (out / sub).mkdir(parents=True)
+        tree.folder(out / sub)
     rows = []
     counts: Counter[str] = Counter()
     for recorded in mocks.resources:
@@ -123,9 +151,8 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
             "pulumi:providers:"
         ):
             if recorded.type == "vault:index/policy:Policy":
-                (out / "files" / "vault").mkdir(exist_ok=True)
                 name = _file_name(str(inputs.get("name", recorded.name)))
-                (out / "files" / "vault" / f"{name}.hcl").write_text(str(inputs.get("policy")))
+                tree.write(out / "files" / "vault" / f"{name}.hcl", str(inputs.get("policy")))
             continue
         # The answered state is the inputs with what the provider filled in (a generated
         # name): only values that are not the very input objects need redacting again.
@@ -139,15 +166,16 @@ def write_build(out: Path, mocks: Any, sql: list[tuple[str, str]]) -> Counter[st
         if name == UNKNOWN:  # a name generated at creation: files go by the logical name
             name = recorded.name
         file = out / "manifests" / f"{_file_name(manifest['kind'].lower())}_{_file_name(name)}.yaml"
-        file.write_text(yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False))
+        tree.write(file, yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False))
         if manifest["kind"] == "ConfigMap":
             folder = out / "files" / _file_name(name)
-            folder.mkdir(exist_ok=True)
+            tree.folder(folder)
             for key, value in (manifest.get("data") or {}).items():
-                (folder / _file_name(key)).write_text(str(value))
-    (out / "resources.json").write_text(json.dumps(rows, indent=2) + "\n")
+                tree.write(folder / _file_name(key), str(value))
+    tree.write(out / "resources.json", json.dumps(rows, indent=2) + "\n")
     for file_name, text in sql:
-        (out / "sql" / file_name).write_text(text)
+        tree.write(out / "sql" / file_name, text)
+    tree.prune()
     return counts
 
 
