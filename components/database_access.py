@@ -8,7 +8,7 @@ import pulumi
 import pulumi_postgresql as pg
 import pulumi_random as random
 
-from components.render.access import AccessPlan
+from components.render.access import AUDIT_SCHEMA, PLATFORM_SCHEMA, AccessPlan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +33,19 @@ class DatabaseAccess(pulumi.ComponentResource):
     """Secret password of each login role (the authenticators), by role name."""
     roles: pulumi.Output[list[str]]
     """Names of every role created."""
+    shared: list[pulumi.Resource]
+    """What every client of the database relies on: roles, memberships, database grants,
+    grants on the platform's own schemas and the default privileges that span schemas."""
+    by_schema: dict[str, list[pulumi.Resource]]
+    """Per exposed schema: the schema itself and its grants and default privileges."""
+
+    def ready_for(self, schema: str) -> list[pulumi.Resource]:
+        """What an API serving ``schema`` waits for: the shared part and that schema's own.
+
+        Depending on the whole component would make each API wait on (and the engine track)
+        every other schema's grants too: edges growing with the square of the domains.
+        """
+        return [*self.shared, *self.by_schema.get(schema, [])]
 
     def __init__(
         self, name: str, args: DatabaseAccessArgs, opts: pulumi.ResourceOptions | None = None
@@ -55,6 +68,8 @@ class DatabaseAccess(pulumi.ComponentResource):
         opts_pg = pulumi.ResourceOptions(parent=self, provider=provider)
 
         self.passwords = {}
+        self.shared = []
+        self.by_schema = {}
         roles: dict[str, pg.Role] = {}
         for spec in plan.roles:
             password: pulumi.Output[str] | None = None
@@ -82,6 +97,16 @@ class DatabaseAccess(pulumi.ComponentResource):
                 opts=opts_pg,
             )
 
+        self.shared.extend(roles.values())
+        exposed = {schema.name for schema in plan.schemas} - {PLATFORM_SCHEMA, AUDIT_SCHEMA}
+
+        def mine(resource: pulumi.Resource, schema: str | None) -> None:
+            # Grants on the platform's own schemas (platform, audit) are everyone's.
+            if schema in exposed:
+                self.by_schema.setdefault(schema, []).append(resource)
+            else:
+                self.shared.append(resource)
+
         schemas: dict[str, pg.Schema] = {}
 
         def after(*names: str, schema: str | None = None) -> pulumi.ResourceOptions:
@@ -100,18 +125,20 @@ class DatabaseAccess(pulumi.ComponentResource):
                 drop_cascade=False,
                 opts=after(schema.owner or ""),
             )
+            mine(schemas[schema.name], schema.name)
 
         for m in plan.memberships:
-            pg.GrantRole(
+            membership = pg.GrantRole(
                 f"{name}-member-{m.member}-{m.role}",
                 role=m.member,
                 grant_role=m.role,
                 with_admin_option=False,
                 opts=after(m.member, m.role),
             )
+            mine(membership, None)
 
         for d in plan.database_grants:
-            pg.Grant(
+            database_grant = pg.Grant(
                 f"{name}-db-{d.role}",
                 database=args.database,
                 object_type="database",
@@ -119,9 +146,10 @@ class DatabaseAccess(pulumi.ComponentResource):
                 privileges=list(d.privileges),
                 opts=after(d.role),
             )
+            mine(database_grant, None)
 
         for g in plan.schema_grants:
-            pg.Grant(
+            usage = pg.Grant(
                 f"{name}-usage-{g.schema}-{g.role}",
                 database=args.database,
                 object_type="schema",
@@ -130,10 +158,11 @@ class DatabaseAccess(pulumi.ComponentResource):
                 privileges=list(g.privileges),
                 opts=after(g.role, schema=g.schema),
             )
+            mine(usage, g.schema)
 
         for dg in plan.default_grants:
             scope = dg.schema or "all"
-            pg.DefaultPrivileges(
+            default = pg.DefaultPrivileges(
                 f"{name}-default-{scope}-{dg.object_type}-{dg.role}",
                 database=args.database,
                 owner=dg.owner,
@@ -143,10 +172,11 @@ class DatabaseAccess(pulumi.ComponentResource):
                 privileges=list(dg.privileges),
                 opts=after(dg.owner, dg.role, schema=dg.schema),
             )
+            mine(default, dg.schema)
 
         for og in plan.object_grants:
             # No ``objects``: every object of the type in the schema, as it exists when applied.
-            pg.Grant(
+            existing = pg.Grant(
                 f"{name}-existing-{og.schema}-{og.object_type}-{og.role}",
                 database=args.database,
                 schema=og.schema,
@@ -155,6 +185,7 @@ class DatabaseAccess(pulumi.ComponentResource):
                 privileges=list(og.privileges),
                 opts=after(og.role, schema=og.schema),
             )
+            mine(existing, og.schema)
 
         self.roles = pulumi.Output.from_input([spec.name for spec in plan.roles])
         self.register_outputs({"passwords": self.passwords, "roles": self.roles})

@@ -112,7 +112,7 @@ def build_platform(s: StackSettings) -> Platform:
             domain_api_args(
                 s, domain, db_password=access.passwords[AUTHENTICATOR], jwt_secret=jwt_secret
             ),
-            opts=after(access),
+            opts=after(*access.ready_for(s.schema_of(domain))),
         )
         for domain in s.domains
     }

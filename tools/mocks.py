@@ -202,8 +202,14 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         )
         answered, state = self.recording.new_resource(args)
         id_ = answered or ""
+        answer = state
+        if not self.recording.preview and request.type.startswith("kubernetes:"):
+            # Everything else of the object is its inputs, which the SDK fills in itself for
+            # properties an update's answer leaves out; on a preview it would not, so there the
+            # whole state is sent, as the provider's planned outputs.
+            answer = {"metadata": state["metadata"]}
         wire = struct_pb2.Struct()
-        wire.update(_on_the_wire(state))
+        wire.update(_on_the_wire(answer))
         self.resources[urn] = pulumi_mocks.MockMonitor.ResourceRegistration(urn, id_, state)
         return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=wire)
 
