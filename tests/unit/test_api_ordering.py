@@ -42,5 +42,6 @@ def test_api_waits_for_its_schema_and_the_shared_objects_only(
     assert _urns(mocks, "access-usage-identity-") <= waits
     assert _urns(mocks, "access-usage-platform-") <= waits  # platform.pre_request and friends
     assert _urns(mocks, "access-default-identity-") <= waits
+    assert _urns(mocks, "access-existing-identity-") <= waits  # tables created before it
     assert not waits & _urns(mocks, "access-usage-content-")
     assert not waits & _urns(mocks, "access-schema-content")
