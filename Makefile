@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db clean
+.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db engine e2e clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,16 @@ bench-db: setup
 	$(BIN)/python -m bench.rls_overhead
 	$(BIN)/python -m bench.pooling
 	$(BIN)/python -m bench.schema_reload
+
+# The Pulumi CLI, the Python language host and the provider plugins, built from their Go modules
+# into a cache outside the repository (tools/engine/build.sh; reused once complete).
+engine:
+	bash tools/engine/build.sh
+
+# The local stack deployed for real with that engine (tests/e2e): preview with the policy pack,
+# up, a second preview that must be a no-op, a new domain, destroy. Output under build/e2e/.
+e2e: setup
+	$(BIN)/pytest -m e2e tests/e2e -v
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,316 @@
+"""The program under the real Pulumi engine, against real services (``make e2e``).
+
+One deployment of the ``local`` stack (Pulumi.local.yaml) per run, in this order (the tests
+below run in file order and share it):
+
+1. PostgreSQL 15 with TLS only (``tests/integration/pg.py``) as the external database, an admin
+   role that may create roles; OpenBao (``bao server -dev``) with KV v2 and Kubernetes auth.
+2. ``pulumi preview --policy-pack policy`` (kept in ``build/e2e/preview.txt``), ``pulumi up``.
+3. Checks: the database catalog equals the SQL rendering's, every Vault policy grants exactly
+   its consumer's secret, the manifests the Kubernetes provider rendered pass the strict schemas
+   and equal the offline render's.
+4. ``pulumi preview --expect-no-changes``: a second run must be a no-op.
+5. A new domain previewed and applied; ``pulumi destroy``; the services stop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from tests.e2e import catalog
+from tests.e2e.harness import E2E_DIR, ROOT, STACK, OpenBao, Project, Pulumi, engine_bin
+from tests.integration.pg import PgCluster, running_cluster
+from tests.integration.test_manifests import _kubernetes_validate, validation_errors
+from tools.render import REDACTED
+
+pytestmark = pytest.mark.e2e
+
+DATABASE: Final = "app"
+ADMIN: Final = "pgplatform_admin"
+KV_MOUNT: Final = "kv"
+K8S_AUTH: Final = "kubernetes"
+NEW_DOMAIN: Final = "billing"
+
+
+@dataclass
+class Deployment:
+    pulumi: Pulumi
+    project: Project
+    db: PgCluster
+    bao: OpenBao
+    admin_password: str
+    manifests: Path
+    offline: Path
+    preview: str
+
+
+def _offline_render(project: Project, out: Path) -> Path:
+    """The offline (mocked) render of the same stack file: the reference for the real one."""
+    argv = [sys.executable, "-m", "tools.render", "--stack", STACK]
+    argv += ["--config", str(project.stack_file), "--out", str(out)]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    engine = engine_bin()
+    E2E_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in ("logs", "state", "home", "manifests", "offline", "project", "openbao"):
+        path = E2E_DIR / stale
+        if path.exists():
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    admin_password = "admin-" + secrets.token_hex(16)
+    with (
+        running_cluster(tls_only=True) as db,
+        OpenBao(E2E_DIR / "openbao", kv_mount=KV_MOUNT, kubernetes_auth_path=K8S_AUTH) as bao,
+    ):
+        with db.connect() as conn:
+            # A managed service's admin: creates roles, owns the database, is no superuser.
+            conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{admin_password}'")
+        with db.connect() as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE} OWNER {ADMIN}")
+        project = Project(E2E_DIR / "project")
+        manifests = E2E_DIR / "manifests"
+        project.write_config(
+            {
+                "pgplatform:postgres": {
+                    **project_config_value("pgplatform:postgres"),
+                    "port": db.port,
+                },
+                "pgplatform:gitops": {"renderDirectory": str(manifests)},
+                "vault:address": bao.address,
+            }
+        )
+        pulumi = Pulumi(
+            engine,
+            project,
+            E2E_DIR,
+            # The provider verifies the server certificate against the test CA (verify-full).
+            {"PGSSLROOTCERT": str(db.ca_file)},
+        )
+        pulumi("stack-init", "stack", "init", STACK)
+        pulumi.stack(
+            "secret-admin",
+            "config",
+            "set",
+            "--secret",
+            "pgplatform:postgresAdminPassword",
+            admin_password,
+        )
+        pulumi.stack("secret-vault", "config", "set", "--secret", "vault:token", bao.token)
+        offline = _offline_render(project, E2E_DIR / "offline")
+        preview = pulumi.stack("preview", "preview", "--policy-pack", "policy", "--diff")
+        (E2E_DIR / "preview.txt").write_text(preview)
+        pulumi.stack("up", "up", "--yes", "--skip-preview", "--policy-pack", "policy")
+        deployed = Deployment(pulumi, project, db, bao, admin_password, manifests, offline, preview)
+        try:
+            yield deployed
+        finally:
+            if not (E2E_DIR / "destroyed").exists():
+                pulumi.stack("cleanup-destroy", "destroy", "--yes", "--skip-preview")
+
+
+def project_config_value(key: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())["config"][key])
+
+
+def _reference_snapshot(sql_dir: Path) -> catalog.Snapshot:
+    """The catalog the SQL rendering produces on a fresh cluster with the same admin role."""
+    files = [(p.name, p.read_text()) for p in sorted(sql_dir.glob("*.sql"))]
+    access = [f for f in files if f[0].endswith("_access.sql")]
+    assert access, f"no access SQL in {sql_dir}"
+    with running_cluster() as ref:
+        with ref.connect() as conn:
+            conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE")
+            conn.execute(f"CREATE DATABASE {DATABASE} OWNER {ADMIN}")
+        ref.apply_sql(DATABASE, access)
+        with ref.connect(DATABASE) as conn:
+            return catalog.snapshot(
+                conn, appliers={ADMIN, ref.superuser}, rename={ref.superuser: ADMIN}
+            )
+
+
+def _deployed_snapshot(d: Deployment) -> catalog.Snapshot:
+    with d.db.connect(DATABASE) as conn:
+        return catalog.snapshot(
+            conn, appliers={ADMIN, d.db.superuser}, rename={d.db.superuser: ADMIN}
+        )
+
+
+# -- 2. the first preview ---------------------------------------------------------------------
+def test_first_preview_creates_the_stack_and_passes_every_policy(deployment: Deployment) -> None:
+    text = deployment.preview
+    assert (E2E_DIR / "preview.txt").read_text() == text
+    assert re.search(r"\+ +\d+ to create", text), text[-2000:]
+    assert "mandatory" not in text.lower() or "violation" not in text.lower(), text[-4000:]
+    for token in (
+        "postgresql:index/role:Role",
+        "vault:index/policy:Policy",
+        "random:index/randomPassword:RandomPassword",
+    ):
+        assert token in text, f"{token} missing from the preview"
+
+
+# -- 3. the deployed state -------------------------------------------------------------------
+def test_catalog_equals_the_sql_rendering(deployment: Deployment) -> None:
+    expected = _reference_snapshot(deployment.offline / "sql")
+    actual = _deployed_snapshot(deployment)
+    assert catalog.differences(actual, expected) == []
+    assert expected["roles"], "the SQL rendering created no roles"
+
+
+def _kv_paths(bao: OpenBao, prefix: str = "") -> list[str]:
+    listing = bao.api("LIST", f"{KV_MOUNT}/metadata/{prefix}")
+    out: list[str] = []
+    for key in (listing.get("data") or {}).get("keys", []):
+        if key.endswith("/"):
+            out += _kv_paths(bao, prefix + key)
+        else:
+            out.append(prefix + key)
+    return out
+
+
+def _kv_secrets(bao: OpenBao) -> dict[str, dict[str, str]]:
+    return {
+        path: bao.api("GET", f"{KV_MOUNT}/data/{path}")["data"]["data"] for path in _kv_paths(bao)
+    }
+
+
+def test_every_vault_policy_grants_exactly_its_own_secret(deployment: Deployment) -> None:
+    bao = deployment.bao
+    paths = _kv_paths(bao)
+    assert paths, "no KV secrets written"
+    roles = (bao.api("LIST", f"auth/{K8S_AUTH}/role").get("data") or {}).get("keys", [])
+    assert sorted(roles) == sorted(p.replace("/", "-") for p in paths)
+    offline_policies = {
+        p.stem: p.read_text() for p in (deployment.offline / "files" / "vault").glob("*.hcl")
+    }
+    assert sorted(offline_policies) == sorted(roles)
+    for role in roles:
+        info = bao.api("GET", f"auth/{K8S_AUTH}/role/{role}")["data"]
+        assert info["token_policies"] == [role]
+        assert info["bound_service_account_namespaces"] == ["pgplatform"]
+        policy = bao.api("GET", f"sys/policies/acl/{role}")["data"]["policy"]
+        assert policy == offline_policies[role]
+        own = f"{KV_MOUNT}/data/{role.replace('-', '/', 2)}"
+        assert re.findall(r'path "([^"]+)"', policy) == [own]
+        token = bao.api(
+            "POST",
+            "auth/token/create",
+            {"policies": [role], "no_default_policy": True, "ttl": "5m"},
+        )["auth"]["client_token"]
+        checked = [f"{KV_MOUNT}/data/{p}" for p in paths] + [
+            f"{KV_MOUNT}/metadata/{p}" for p in paths
+        ]
+        caps = bao.api("POST", "sys/capabilities", {"token": token, "paths": checked})
+        for path in checked:
+            assert caps[path] == (["read"] if path == own else ["deny"]), (role, path)
+
+
+def _manifests(directory: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in sorted(directory.rglob("*.y*ml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                meta = document.get("metadata") or {}
+                key = (document["apiVersion"], document["kind"], str(meta.get("name")))
+                assert key not in out, f"{key} written twice"
+                out[key] = document
+    return out
+
+
+def test_rendered_manifests_pass_the_strict_schemas(deployment: Deployment) -> None:
+    kv = _kubernetes_validate()
+    documents = _manifests(deployment.manifests)
+    assert documents, f"no manifests under {deployment.manifests}"
+    problems = [
+        f"{key}: {problem}"
+        for key, document in documents.items()
+        for problem in validation_errors(document, kv)
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def _comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """Secret payloads redacted as the offline render does; the provider's own label dropped."""
+    out = json.loads(json.dumps(document))
+    if out["kind"] == "Secret":
+        for field in ("data", "stringData"):
+            if field in out:
+                out[field] = REDACTED
+    return out
+
+
+def test_rendered_manifests_equal_the_offline_render(deployment: Deployment) -> None:
+    real = _manifests(deployment.manifests)
+    offline = _manifests(deployment.offline / "manifests")
+    assert sorted(real) == sorted(offline)
+    different = [key for key in real if _comparable(real[key]) != _comparable(offline[key])]
+    details = [
+        f"{key}:\n  real:    {json.dumps(_comparable(real[key]), sort_keys=True)[:600]}\n"
+        f"  offline: {json.dumps(_comparable(offline[key]), sort_keys=True)[:600]}"
+        for key in different
+    ]
+    assert not different, "\n".join(details)
+
+
+# -- 4. a second run is a no-op ---------------------------------------------------------------
+def test_second_preview_is_a_no_op(deployment: Deployment) -> None:
+    deployment.pulumi.stack("preview-again", "preview", "--expect-no-changes", "--diff")
+
+
+# -- 5. change, destroy -----------------------------------------------------------------------
+def test_a_new_domain_is_previewed_and_applied(deployment: Deployment) -> None:
+    project = deployment.project
+    domains = dict(project.config()["pgplatform:domains"])
+    domains[NEW_DOMAIN] = {"maxRows": 100}
+    project.write_config({"pgplatform:domains": domains})
+    preview = deployment.pulumi.stack(
+        "preview-domain", "preview", "--policy-pack", "policy", "--diff"
+    )
+    (E2E_DIR / "preview-domain.txt").write_text(preview)
+    assert f"schema-{NEW_DOMAIN}" in preview
+    deployment.pulumi.stack("up-domain", "up", "--yes", "--skip-preview", "--policy-pack", "policy")
+    with deployment.db.connect(DATABASE) as conn:
+        owner = conn.execute(
+            "SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner "
+            "WHERE n.nspname = %s",
+            (NEW_DOMAIN,),
+        ).fetchone()
+    assert owner is not None, f"schema {NEW_DOMAIN} not created"
+    offline = _offline_render(project, E2E_DIR / "offline-domain")
+    expected = _reference_snapshot(offline / "sql")
+    assert catalog.differences(_deployed_snapshot(deployment), expected) == []
+    deployment.pulumi.stack("preview-domain-again", "preview", "--expect-no-changes")
+
+
+def test_destroy_removes_roles_secrets_and_policies(deployment: Deployment) -> None:
+    deployment.pulumi.stack("destroy", "destroy", "--yes", "--skip-preview")
+    (E2E_DIR / "destroyed").write_text("")
+    with deployment.db.connect(DATABASE) as conn:
+        left = conn.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname !~ '^pg_' AND rolname NOT IN (%s, %s)",
+            (ADMIN, deployment.db.superuser),
+        ).fetchall()
+    assert left == []
+    assert _kv_paths(deployment.bao) == []
+    policies = deployment.bao.api("LIST", "sys/policies/acl")["data"]["keys"]
+    assert sorted(policies) == ["default", "root"]
+    state = json.loads(deployment.pulumi.stack("export", "stack", "export"))
+    assert [r["type"] for r in state["deployment"].get("resources") or []] in (
+        [],
+        ["pulumi:pulumi:Stack"],
+    )
