@@ -183,20 +183,15 @@ class Project:
         self.stack_file = directory / f"Pulumi.{STACK}.yaml"
 
     def write_config(self, values: dict[str, Any]) -> None:
-        """The committed Pulumi.local.yaml with ``values`` (plain keys) merged over it.
+        """Set ``values`` (plain keys) in the stack file, first a copy of Pulumi.local.yaml.
 
-        Keys already in the scratch file that the CLI wrote (``secure:`` values, the
-        encryption salt) are kept.
+        What the CLI wrote there (``secure:`` values, the encryption salt) is kept.
         """
-        base = yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())
-        current = yaml.safe_load(self.stack_file.read_text()) if self.stack_file.exists() else {}
-        config = dict(base["config"])
-        for key, value in (current.get("config") or {}).items():
-            if isinstance(value, dict) and set(value) == {"secure"}:
-                config[key] = value
-        config.update(values)
-        document = {k: v for k, v in current.items() if k != "config"}
-        document["config"] = config
+        if self.stack_file.exists():
+            document = yaml.safe_load(self.stack_file.read_text())
+        else:
+            document = yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())
+        document["config"] = {**document["config"], **values}
         self.stack_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
     def config(self) -> dict[str, Any]:

@@ -54,7 +54,6 @@ CLI_VERSION=3.274.0
 K8S_MODULE=github.com/pulumi/pulumi-kubernetes/provider/v4
 K8S_PSEUDO=v4.0.0-20260115033456-f47bc2d6f199
 K8S_VERSION=4.25.0
-K8S_SDK=v4.29.0 # the provider module's ../sdk replace, as a published version
 # Random: the Terraform provider module (served) bridged with tools/engine/random.
 BRIDGE=v3.137.0
 TF_PLUGIN_SDK_FORK=v2.0.0-20260318212141-5525259d096b
@@ -69,7 +68,7 @@ VAULT_TAG=v7.11.0
 VAULT_UPSTREAM=fa0a334404e3d04e4364467f51c6a4b4751848fd
 
 own_sources=$(cd "$here" && find langhost random -type f | LC_ALL=C sort | xargs sha256sum)
-key=$(printf '%s\n' "$("$GO" env GOVERSION)" "$CLI_VERSION" "$K8S_PSEUDO" "$K8S_SDK" "$BRIDGE" \
+key=$(printf '%s\n' "$("$GO" env GOVERSION)" "$CLI_VERSION" "$K8S_PSEUDO" "$BRIDGE" \
   "$TF_PLUGIN_SDK_FORK" "$RANDOM_TF" "$RANDOM_VERSION" "$PG_TAG" "$PG_UPSTREAM" "$VAULT_TAG" \
   "$VAULT_UPSTREAM" "$own_sources" | sha256sum | cut -c1-12)
 home=${PGPLATFORM_ENGINE_HOME:-$HOME/.cache/pgplatform}
@@ -141,7 +140,8 @@ kubernetes() {
   mkdir -p "$src"
   cd "$src"
   printf 'module pgplatform.local/engine/kubernetes\n\ngo 1.26\n' >go.mod
-  "$GO" mod edit -require="$K8S_MODULE@$K8S_PSEUDO" -require="github.com/pulumi/pulumi-kubernetes/sdk/v4@$K8S_SDK"
+  # Its ../sdk replace needs nothing here: the sdk/v4 version it requires is published.
+  "$GO" mod edit -require="$K8S_MODULE@$K8S_PSEUDO"
   "$GO" mod download "$K8S_MODULE@$K8S_PSEUDO"
   mod=$("$GO" list -m -f '{{.Dir}}' "$K8S_MODULE")
   minify "$mod/cmd/pulumi-resource-kubernetes/schema.json" schema-embed.json
@@ -193,7 +193,7 @@ EOF
   local ld="-s -w -X pgplatform.local/engine/random/bridged.Version=$RANDOM_VERSION"
   # Schema and bridge metadata come from the bridge's own generator, then get embedded.
   build -ldflags "$ld" -o "$src/tfgen-random" ./tfgen
-  (cd provider && "$src/tfgen-random" schema --out .)
+  (cd provider && "$src/tfgen-random" schema --skip-docs --skip-examples --out .)
   build -ldflags "$ld" -o "$bin/pulumi-resource-random" ./provider
 }
 
@@ -315,7 +315,7 @@ EOF
     fi
     build -ldflags "$ld" -o "$src/engine-tfgen" ./cmd/engine-tfgen
     mkdir -p "$src/generated"
-    "$src/engine-tfgen" schema --out "$src/generated"
+    "$src/engine-tfgen" schema --skip-docs --skip-examples --out "$src/generated"
     cp "$src/generated/schema.json" "$cmd/schema.json"
   fi
   minify "$cmd/schema.json" cmd/engine-main/schema-embed.json
