@@ -35,7 +35,13 @@ PROJECT_LINKS: Final = ("__main__.py", "components", "policy", "venv")
 
 
 def engine_bin() -> Path:
-    """``bin/`` of the complete engine cache; fails (CI) or skips naming the command to build it."""
+    """``bin/`` of the complete engine cache; fails (CI) or skips naming the command to build it.
+
+    ``PGPLATFORM_ENGINE_BIN`` names another directory with the same binaries instead.
+    """
+    override = os.environ.get("PGPLATFORM_ENGINE_BIN")
+    if override:
+        return Path(override)
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--path"], capture_output=True, text=True, check=False
     )
