@@ -18,7 +18,7 @@ from components.render.access import (
     build_access_plan,
 )
 from components.render.alerts import AlertThresholds
-from components.render.baseline import GroupRoles
+from components.render.baseline import CacheControl, GroupRoles
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
@@ -108,13 +108,27 @@ def group_roles(s: StackSettings) -> GroupRoles:
     )
 
 
+def cache_control(s: StackSettings) -> CacheControl:
+    """Cache-Control per domain schema and API role (domains.<name>.cacheControl)."""
+    return CacheControl(
+        rows=tuple(
+            (s.schema_of(name), role, value)
+            for name, domain in s.domains.items()
+            for role, value in domain.cache_control.items()
+        )
+    )
+
+
 def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     """The ordered SQL bundle: access plan, then the platform baseline for the exposed schemas."""
     from components.render.access import render_access_sql
     from components.render.baseline import ACCESS_FILE, stack_sql_files
 
     access = render_access_sql(access_plan(s), s.postgres.database)
-    return [(ACCESS_FILE, access), *stack_sql_files(exposed_schemas(s), group_roles(s))]
+    return [
+        (ACCESS_FILE, access),
+        *stack_sql_files(exposed_schemas(s), group_roles(s), cache_control(s)),
+    ]
 
 
 def pgbouncer_host(s: StackSettings) -> str:

@@ -152,6 +152,7 @@ def build_platform(s: StackSettings) -> Platform:
             sslmode=pg.sslmode,
             exposed_schemas=inputs.exposed_schemas(s),
             group_roles=inputs.group_roles(s),
+            cache_control=inputs.cache_control(s),
             endpoint=database.endpoint,
         ),
         opts=after(access),

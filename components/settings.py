@@ -28,6 +28,7 @@ from pydantic.alias_generators import to_camel
 
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
 from components.render import durations, schedules
+from components.render.baseline import validate_cache_control
 from components.render.postgrest import validate_audience, validate_role_claim_key
 
 if TYPE_CHECKING:
@@ -356,6 +357,10 @@ class DomainSettings(_Model):
     server_timing: bool
     # Browser origins (besides the API's own) allowed to call the API (CORS).
     cors_allowed_origins: list[Origin] = Field(default_factory=list)
+    # Cache-Control of GET/HEAD responses per API role; checked in _cache_control_checks.
+    cache_control: dict[Annotated[str, Field(min_length=1, max_length=63)], str] = Field(
+        default_factory=dict
+    )
 
 
 class GatewayRef(_Model):
@@ -924,6 +929,24 @@ def _cluster_fit_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _cache_control_checks(s: StackSettings) -> list[ConfigProblem]:
+    """domains.<name>.cacheControl: API roles of the stack; shared caches only for anonymous."""
+    problems = []
+    roles = ["api_user", "api_editor", "api_admin", *(f"api_service_{c.name}" for c in s.services)]
+    allowed = ["api_anonymous", *roles] if s.auth.anonymous else roles
+    for name, domain in s.domains.items():
+        for role, value in domain.cache_control.items():
+            key = f"domains.{name}.cacheControl.{role}"
+            if role not in allowed:
+                problems.append(_problem(key, f"not an API role of this stack: {allowed}", role))
+                continue
+            try:
+                validate_cache_control(value, shared=role == "api_anonymous")
+            except ValueError as error:
+                problems.append(_problem(key, str(error), value))
+    return problems
+
+
 def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     """Rules spanning several keys; run once every key is individually valid."""
     return (
@@ -932,6 +955,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _vault_checks(s)
         + _postgres_checks(s)
         + _domain_checks(s)
+        + _cache_control_checks(s)
         + _service_checks(s)
         + _feature_checks(s)
         + _graphql_checks(s)

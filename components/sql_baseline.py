@@ -24,7 +24,14 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job as render
-from components.render.baseline import NO_GROUP_ROLES, GroupRoles, bundle_checksum, job_bundle
+from components.render.baseline import (
+    NO_CACHE_CONTROL,
+    NO_GROUP_ROLES,
+    CacheControl,
+    GroupRoles,
+    bundle_checksum,
+    job_bundle,
+)
 from components.render.pgbouncer_pool import DatabaseEgress
 
 
@@ -39,6 +46,8 @@ class SqlBaselineArgs:
     exposed_schemas: tuple[str, ...]
     group_roles: GroupRoles = NO_GROUP_ROLES
     """Roles from the groups claim (``auth.baseRole``, ``auth.groupRoles``)."""
+    cache_control: CacheControl = NO_CACHE_CONTROL
+    """Cache-Control per domain schema and API role (``domains.<name>.cacheControl``)."""
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
 
@@ -47,7 +56,9 @@ class SqlBaselineArgs:
             raise ValueError("exposed_schemas: at least one schema is exposed by an API")
         if self.sslmode not in render.SSLMODES:
             raise ValueError(f"sslmode: one of {render.SSLMODES}, got {self.sslmode!r}")
-        job_bundle(self.exposed_schemas, self.group_roles)  # validates the schema names
+        job_bundle(
+            self.exposed_schemas, self.group_roles, self.cache_control
+        )  # validates the schema names
 
 
 class SqlBaseline(pulumi.ComponentResource):
@@ -66,7 +77,7 @@ class SqlBaseline(pulumi.ComponentResource):
         super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
         ns = args.namespace
         labels = render.labels()
-        bundle = job_bundle(args.exposed_schemas, args.group_roles)
+        bundle = job_bundle(args.exposed_schemas, args.group_roles, args.cache_control)
         checksum = bundle_checksum(bundle)
         child = pulumi.ResourceOptions(parent=self)
 

@@ -77,6 +77,22 @@ COMMENT ON TABLE platform.group_base_role IS
 
 REVOKE ALL ON TABLE platform.group_role, platform.group_base_role FROM PUBLIC;
 
+-- Cache-Control of GET/HEAD responses per domain schema and API role, also written by the
+-- owner only (rendered from domains.<name>.cacheControl). PostgREST names the request's schema
+-- in app.settings.pgplatform_schema (postgrest.conf); pre_request looks the header up for the
+-- role the request finally runs as, after any elevation by groups.
+CREATE TABLE IF NOT EXISTS platform.cache_control (
+    schema_name name NOT NULL,
+    role name NOT NULL,
+    value text NOT NULL CHECK (value <> ''),
+    PRIMARY KEY (schema_name, role)
+);
+
+COMMENT ON TABLE platform.cache_control IS
+    'Cache-Control header of GET/HEAD responses per exposed schema and API role (pre_request).';
+
+REVOKE ALL ON TABLE platform.cache_control FROM PUBLIC;
+
 -- An API role by name: what the access plan creates and the authenticator may switch to.
 CREATE OR REPLACE FUNCTION platform.is_api_role(candidate name)
 RETURNS boolean
@@ -104,7 +120,9 @@ COMMENT ON FUNCTION platform.is_api_role(name) IS
 --     a header a client set itself cannot contradict the token;
 --   * a request at the base role whose token carries groups runs as the highest-priority API
 --     role those groups map to (platform.group_role); a mapped role that is not an API role is
---     refused, never switched to.
+--     refused, never switched to;
+--   * a GET or HEAD gets the Cache-Control its domain sets for the final role
+--     (platform.cache_control), through PostgREST's response.headers.
 -- Every refusal is insufficient_privilege (42501): PostgREST answers 403 (401 for anonymous).
 -- SET LOCAL ROLE needs a volatile function (SET is refused in STABLE ones) that is SECURITY
 -- INVOKER (refused in SECURITY DEFINER ones); PostgreSQL checks it against the session user,
@@ -124,6 +142,7 @@ DECLARE
         '{}'::pg_catalog.jsonb);
     forwarded_user text := pg_catalog.jsonb_extract_path_text(headers, 'x-auth-user');
     target name;
+    cache text;
 BEGIN
     IF current_user OPERATOR(pg_catalog.<>) 'api_anonymous' AND sub IS NULL THEN
         RAISE EXCEPTION USING
@@ -137,32 +156,42 @@ BEGIN
             MESSAGE = 'the x-auth-user header does not name the token''s subject',
             HINT = 'The gateway''s forward-auth sets x-auth-user to the sub of the token it verified.';
     END IF;
-    IF sub IS NULL OR pg_catalog.jsonb_typeof(groups) IS DISTINCT FROM 'array'
-       OR NOT EXISTS (SELECT FROM platform.group_base_role b
-                      WHERE b.role OPERATOR(pg_catalog.=) current_user) THEN
-        RETURN;
+    IF sub IS NOT NULL AND pg_catalog.jsonb_typeof(groups) OPERATOR(pg_catalog.=) 'array'
+       AND EXISTS (SELECT FROM platform.group_base_role b
+                   WHERE b.role OPERATOR(pg_catalog.=) current_user) THEN
+        SELECT g.role INTO target
+        FROM platform.group_role g
+        WHERE g.group_name OPERATOR(pg_catalog.=) ANY (
+            SELECT pg_catalog.jsonb_array_elements_text(groups))
+        ORDER BY g.priority DESC, g.role
+        LIMIT 1;
+        IF target IS NOT NULL AND NOT platform.is_api_role(target) THEN
+            RAISE EXCEPTION USING
+                ERRCODE = 'insufficient_privilege',
+                MESSAGE = pg_catalog.format('group mapping names %I, which is not an API role', target),
+                HINT = 'platform.group_role may only map groups to api_user, api_editor, api_admin or api_service_<name>.';
+        END IF;
+        IF target IS NOT NULL AND target OPERATOR(pg_catalog.<>) current_user THEN
+            EXECUTE pg_catalog.format('SET LOCAL ROLE %I', target);
+        END IF;
     END IF;
-    SELECT g.role INTO target
-    FROM platform.group_role g
-    WHERE g.group_name OPERATOR(pg_catalog.=) ANY (
-        SELECT pg_catalog.jsonb_array_elements_text(groups))
-    ORDER BY g.priority DESC, g.role
-    LIMIT 1;
-    IF target IS NULL OR target OPERATOR(pg_catalog.=) current_user THEN
-        RETURN;
+    IF pg_catalog.current_setting('request.method', true) OPERATOR(pg_catalog.=) ANY (ARRAY['GET', 'HEAD']) THEN
+        SELECT c.value INTO cache
+        FROM platform.cache_control c
+        WHERE c.schema_name OPERATOR(pg_catalog.=)
+              pg_catalog.current_setting('app.settings.pgplatform_schema', true)
+          AND c.role OPERATOR(pg_catalog.=) current_user;
+        IF cache IS NOT NULL THEN
+            PERFORM pg_catalog.set_config('response.headers',
+                pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('Cache-Control', cache))::text,
+                true);
+        END IF;
     END IF;
-    IF NOT platform.is_api_role(target) THEN
-        RAISE EXCEPTION USING
-            ERRCODE = 'insufficient_privilege',
-            MESSAGE = pg_catalog.format('group mapping names %I, which is not an API role', target),
-            HINT = 'platform.group_role may only map groups to api_user, api_editor, api_admin or api_service_<name>.';
-    END IF;
-    EXECUTE pg_catalog.format('SET LOCAL ROLE %I', target);
 END
 $$;
 
 COMMENT ON FUNCTION platform.pre_request() IS
-    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role.';
+    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role; Cache-Control per role.';
 
 -- Least privilege: nothing for PUBLIC; the API roles (which evaluate policies calling the claim
 -- helpers), the domain schema owner (whose views and functions may call them) and the audit
@@ -191,8 +220,8 @@ BEGIN
         IF grantee NOT IN ('pgplatform_owner', 'pgplatform_audit_writer') THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION platform.pre_request(), '
                            'platform.is_api_role(name) TO %I', grantee);
-            EXECUTE format('GRANT SELECT ON platform.group_role, platform.group_base_role TO %I',
-                           grantee);
+            EXECUTE format('GRANT SELECT ON platform.group_role, platform.group_base_role, '
+                           'platform.cache_control TO %I', grantee);
         END IF;
     END LOOP;
 END

@@ -30,6 +30,10 @@ DB_DIR: Final = Path(__file__).resolve().parents[2] / "db"
 ACCESS_FILE: Final = "010_access.sql"
 EXPOSED_SCHEMAS_FILE: Final = "090_exposed_schemas.sql"
 GROUP_ROLES_FILE: Final = "091_group_roles.sql"
+CACHE_CONTROL_FILE: Final = "092_cache_control.sql"
+# The postgrest.conf key whose value names the domain's schema in every request's transaction
+# (PostgREST sets app.settings.* as transaction-local settings, like request.headers).
+SCHEMA_SETTING: Final = "app.settings.pgplatform_schema"
 # First line of a file that only a superuser can apply.
 SUPERUSER_MARK: Final = "-- pgplatform: superuser"
 # Rendered last among the superuser files: records which superuser part is installed.
@@ -92,6 +96,50 @@ class GroupRoles:
 
 # No groups mapping: tokens keep the role PostgREST switched to.
 NO_GROUP_ROLES: Final = GroupRoles()
+
+_CACHE_DIRECTIVE = re.compile(r"^(?:[a-z-]+|(?:max-age|s-maxage|stale-while-revalidate)=\d{1,9})$")
+_SHARED_ONLY: Final = ("public", "s-maxage")
+
+
+def validate_cache_control(value: str, *, shared: bool) -> str:
+    """Check a Cache-Control value; ``shared=False`` (authenticated) must be private or no-store.
+
+    A response to a token depends on who sent it: a shared cache (CDN, gateway) serving it to
+    someone else would leak rows, so only anonymous responses may be cached publicly.
+    """
+    directives = [part.strip() for part in value.split(",")]
+    if not value or not all(_CACHE_DIRECTIVE.match(d) for d in directives):
+        raise ValueError(
+            f"{value!r} is not a list of Cache-Control directives "
+            "(e.g. 'public, max-age=60' or 'private, max-age=30')"
+        )
+    if not shared:
+        if any(d.split("=")[0] in _SHARED_ONLY for d in directives):
+            raise ValueError(f"{value!r}: authenticated responses must not be cached publicly")
+        if "private" not in directives and "no-store" not in directives:
+            raise ValueError(f"{value!r}: authenticated responses must be 'private' or 'no-store'")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheControl:
+    """Cache-Control of GET/HEAD responses: ``(schema, API role, header value)`` rows."""
+
+    rows: tuple[tuple[str, str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = [(schema, role) for schema, role, _ in self.rows]
+        for schema, role, value in self.rows:
+            if not _SCHEMA_NAME.match(schema):
+                raise ValueError(f"rows: {schema!r} is not a schema name")
+            if role != "api_anonymous" and not _API_ROLE.match(role):
+                raise ValueError(f"rows: {role!r} is not an API role")
+            validate_cache_control(value, shared=role == "api_anonymous")
+        if len(set(keys)) != len(keys):
+            raise ValueError("rows: a (schema, role) pair is listed more than once")
+
+
+NO_CACHE_CONTROL: Final = CacheControl()
 
 
 def baseline_sql_files() -> list[tuple[str, str]]:
@@ -180,6 +228,22 @@ def render_group_roles_sql(groups: GroupRoles) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_cache_control_sql(cache: CacheControl) -> str:
+    """Idempotent SQL making ``platform.cache_control`` exactly the stack's."""
+    rows = [
+        f"    ({_sql_text(schema)}, {_sql_text(role)}, {_sql_text(value)})"
+        for schema, role, value in sorted(cache.rows)
+    ]
+    lines = [
+        "-- Cache-Control per schema and API role (rendered from domains.<name>.cacheControl).",
+        "DELETE FROM platform.cache_control;",
+    ]
+    if rows:
+        lines += ["INSERT INTO platform.cache_control (schema_name, role, value) VALUES"]
+        lines += [",\n".join(rows) + ";"]
+    return "\n".join(lines) + "\n"
+
+
 def is_superuser_file(text: str) -> bool:
     """True when the file starts with the superuser mark (see the module doc)."""
     return text.split("\n", 1)[0].strip() == SUPERUSER_MARK
@@ -236,7 +300,9 @@ def superuser_sql_files() -> list[tuple[str, str]]:
 
 
 def admin_sql_files(
-    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+    exposed_schemas: Sequence[str],
+    groups: GroupRoles = NO_GROUP_ROLES,
+    cache: CacheControl = NO_CACHE_CONTROL,
 ) -> list[tuple[str, str]]:
     """What the database owner applies: the other baseline files, exposed schemas, groups."""
     files = [(name, text) for name, text in baseline_sql_files() if not is_superuser_file(text)]
@@ -244,14 +310,17 @@ def admin_sql_files(
         *files,
         (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas)),
         (GROUP_ROLES_FILE, render_group_roles_sql(groups)),
+        (CACHE_CONTROL_FILE, render_cache_control_sql(cache)),
     ]
 
 
 def stack_sql_files(
-    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+    exposed_schemas: Sequence[str],
+    groups: GroupRoles = NO_GROUP_ROLES,
+    cache: CacheControl = NO_CACHE_CONTROL,
 ) -> list[tuple[str, str]]:
     """Everything after ``010_access.sql`` in file-name order, for one superuser to apply."""
-    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas, groups)])
+    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas, groups, cache)])
 
 
 def render_bootstrap_sql() -> str:
@@ -265,7 +334,11 @@ def render_bootstrap_sql() -> str:
     return "\n".join(parts)
 
 
-def render_apply_script(exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES) -> str:
+def render_apply_script(
+    exposed_schemas: Sequence[str],
+    groups: GroupRoles = NO_GROUP_ROLES,
+    cache: CacheControl = NO_CACHE_CONTROL,
+) -> str:
     """``apply.psql``: the baseline Job's script (``psql -X -f apply.psql``), one transaction.
 
     The superuser part is applied when the session is a superuser (an external database whose
@@ -275,7 +348,7 @@ def render_apply_script(exposed_schemas: Sequence[str], groups: GroupRoles = NO_
     """
     version = superuser_version()
     include = [f"\\ir {name}" for name, _ in superuser_sql_files()]
-    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas, groups)]
+    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas, groups, cache)]
     lines = [
         "-- Platform SQL baseline, applied by the database owner (rendered by pgplatform).",
         "\\set ON_ERROR_STOP on",
@@ -336,12 +409,14 @@ def render_apply_script(exposed_schemas: Sequence[str], groups: GroupRoles = NO_
 
 
 def job_bundle(
-    exposed_schemas: Sequence[str], groups: GroupRoles = NO_GROUP_ROLES
+    exposed_schemas: Sequence[str],
+    groups: GroupRoles = NO_GROUP_ROLES,
+    cache: CacheControl = NO_CACHE_CONTROL,
 ) -> dict[str, str]:
     """ConfigMap data of the baseline Job: the script and every file it may include."""
-    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups)}
+    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups, cache)}
     bundle.update(superuser_sql_files())
-    bundle.update(admin_sql_files(exposed_schemas, groups))
+    bundle.update(admin_sql_files(exposed_schemas, groups, cache))
     return dict(sorted(bundle.items()))
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
+from components.render.baseline import SCHEMA_SETTING
+
 POSTGREST_VERSION = "v14.18"
 """Newest v14 patch release (2026-09-10) per the upstream CHANGELOG."""
 
@@ -341,6 +343,8 @@ def render_postgrest_conf(inp: PostgrestConfInput) -> str:
     lines.append(f"db-extra-search-path = {_conf_string(', '.join(inp.extra_search_path))}")
     if inp.pre_request is not None:
         lines.append(f"db-pre-request = {_conf_string(inp.pre_request)}")
+        # Set per request like request.headers: pre_request picks this domain's Cache-Control.
+        lines.append(f"{SCHEMA_SETTING} = {_conf_string(inp.schema)}")
     if inp.db_max_rows is not None:
         lines.append(f"db-max-rows = {inp.db_max_rows}")
     lines += [

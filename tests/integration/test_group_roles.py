@@ -1,4 +1,5 @@
-"""Roles from the groups claim and the forward-auth header, on real PostgreSQL through PgBouncer.
+"""pre_request's rules on real PostgreSQL through PgBouncer: roles from groups, the forward-auth
+header, Cache-Control per role.
 
 The staging stack maps groups to roles (``auth.groupRoles`` in Pulumi.staging.yaml) with
 ``api_anonymous`` as the base role: PostgREST v14 runs a verified token without a role claim as
@@ -10,6 +11,7 @@ is seen by the query that follows, as under PostgREST.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -17,7 +19,8 @@ from typing import Any, Final
 import psycopg
 import pytest
 
-from tests.integration.pooler import RunningStack, running_stack
+from components.render.baseline import SCHEMA_SETTING
+from tests.integration.pooler import RunningStack, one, running_stack
 from tests.integration.test_security_model import request
 
 pytestmark = pytest.mark.integration
@@ -175,3 +178,59 @@ def test_forward_auth_user_must_be_the_token_subject(
 def test_forward_auth_user_on_an_anonymous_request_is_refused(client: Conn) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="x-auth-user"):
         current_role(client, {"role": BASE}, headers={"x-auth-user": "user-self"})
+
+
+# -- Cache-Control per role (staging: domains.content.cacheControl) -----------------------------
+
+
+def rendered_schema_setting(build: Path, domain: str) -> tuple[str, str]:
+    """The app.settings line of the domain's rendered postgrest.conf, as PostgREST sets it."""
+    conf = one(sorted((build / "files").glob(f"{domain}-api-config-*/postgrest.conf")), "conf")
+    for line in conf.read_text().splitlines():
+        key, _, value = line.partition(" = ")
+        if key == SCHEMA_SETTING:
+            return key, value.strip('"')
+    raise AssertionError(f"{SCHEMA_SETTING} missing from {conf}")
+
+
+def response_headers(conf: Conn, build: Path, case: tuple[str, str, dict[str, Any], str]) -> Any:
+    """PostgREST's transaction for a request to a domain; the response.headers it returns."""
+    domain, role, claims, method = case
+    key, schema = rendered_schema_setting(build, domain)
+    with conf.transaction(force_rollback=True):
+        conf.execute(f'SET LOCAL ROLE "{role}"')
+        conf.execute(
+            "SELECT set_config('request.jwt.claims', %s, true), "
+            "set_config('request.method', %s, true), "
+            "set_config('request.path', '/articles', true), "
+            "set_config('request.headers', '{}', true), set_config(%s, %s, true)",
+            (json.dumps(claims), method, key, schema),
+        )
+        conf.execute("SELECT platform.pre_request()")
+        conf.execute("SELECT count(*) FROM content.articles")
+        value = conf.execute("SELECT current_setting('response.headers', true)").fetchone()
+    return json.loads(value[0]) if value and value[0] else None
+
+
+# (domain, role PostgREST switched to, claims, method) -> Cache-Control or None (no header).
+CACHE_CASES: Final[list[tuple[tuple[str, str, dict[str, Any], str], str | None]]] = [
+    (("content", BASE, {"role": BASE}, "GET"), "public, max-age=60"),
+    (("content", BASE, {"role": BASE}, "HEAD"), "public, max-age=60"),
+    (("content", "api_user", {"role": "api_user", "sub": "u"}, "GET"), "private, max-age=30"),
+    # Elevated by groups: the header of the final role, never the base role's public one.
+    (("content", BASE, roleless("r", ["readers"]), "GET"), "private, max-age=30"),
+    (("content", "api_editor", {"role": "api_editor", "sub": "e"}, "GET"), None),
+    (("content", BASE, {"role": BASE}, "POST"), None),
+    (("identity", BASE, {"role": BASE}, "GET"), None),
+]
+
+
+@pytest.mark.parametrize(("case", "expected"), CACHE_CASES)
+def test_cache_control_per_domain_and_role(
+    client: Conn,
+    rendered_stack: Callable[[str], Path],
+    case: tuple[str, str, dict[str, Any], str],
+    expected: str | None,
+) -> None:
+    headers = response_headers(client, rendered_stack("staging"), case)
+    assert headers == (None if expected is None else [{"Cache-Control": expected}])

@@ -12,9 +12,11 @@ from components.render.access import AUTHENTICATOR
 from components.render.baseline import (
     ACCESS_FILE,
     APPLY_SCRIPT,
+    CACHE_CONTROL_FILE,
     EXPOSED_SCHEMAS_FILE,
     GROUP_ROLES_FILE,
     SUPERUSER_VERSION_FILE,
+    CacheControl,
     GroupRoles,
     admin_sql_files,
     baseline_sql_files,
@@ -23,6 +25,7 @@ from components.render.baseline import (
     job_bundle,
     render_apply_script,
     render_bootstrap_sql,
+    render_cache_control_sql,
     render_exposed_schemas_sql,
     render_group_roles_sql,
     render_superuser_version_sql,
@@ -63,6 +66,7 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
         SUPERUSER_VERSION_FILE,
         EXPOSED_SCHEMAS_FILE,
         GROUP_ROLES_FILE,
+        CACHE_CONTROL_FILE,
     ]
 
 
@@ -269,3 +273,25 @@ def test_group_roles_refuse_what_pre_request_would_refuse(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         GroupRoles(**groups)  # type: ignore[arg-type]
+
+
+def test_cache_control_renders_rows_and_refuses_public_for_tokens() -> None:
+    cache = CacheControl(
+        rows=(
+            ("content", "api_anonymous", "public, max-age=60"),
+            ("content", "api_user", "no-store"),
+        )
+    )
+    text = render_cache_control_sql(cache)
+    assert (
+        "('content', 'api_anonymous', 'public, max-age=60'),\n"
+        "    ('content', 'api_user', 'no-store');" in text
+    )
+    assert "INSERT" not in render_cache_control_sql(CacheControl())
+    assert job_bundle(["content"], cache=cache)[CACHE_CONTROL_FILE] == text
+    with pytest.raises(ValueError, match="must not be cached publicly"):
+        CacheControl(rows=(("content", "api_user", "public, max-age=5"),))
+    with pytest.raises(ValueError, match="not an API role"):
+        CacheControl(rows=(("content", "postgres", "no-store"),))
+    with pytest.raises(ValueError, match="more than once"):
+        CacheControl(rows=(("c", "api_user", "no-store"), ("c", "api_user", "private")))

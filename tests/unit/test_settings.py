@@ -281,3 +281,28 @@ def test_group_role_errors_name_their_key(
     raw["auth"].update(auth)
     problems = _problems(stack, raw)
     assert any(p.startswith(f"pgplatform:{key}") and hint in p for p in problems), problems
+
+
+def test_cache_control_per_role() -> None:
+    cache = {"api_anonymous": "public, max-age=60", "api_user": "private, max-age=30"}
+    settings = parse_settings("staging", _with(_STAGING, "domains.content.cacheControl", cache))
+    assert settings.domains["content"].cache_control == cache
+
+
+@pytest.mark.parametrize(
+    ("stack", "cache", "hint"),
+    [
+        ("staging", {"api_user": "public, max-age=60"}, "must not be cached publicly"),
+        ("staging", {"api_editor": "max-age=60"}, "'private' or 'no-store'"),
+        ("staging", {"api_admin": "private, s-maxage=5"}, "must not be cached publicly"),
+        ("staging", {"api_anonymous": "max-age=abc"}, "Cache-Control directives"),
+        ("staging", {"postgres": "no-store"}, "not an API role"),
+        ("prod", {"api_anonymous": "public, max-age=60"}, "not an API role"),
+    ],
+)
+def test_cache_control_errors_name_their_key(stack: str, cache: dict[str, str], hint: str) -> None:
+    raw = _with(_STAGING if stack == "staging" else _PROD, "domains.content.cacheControl", cache)
+    problems = _problems(stack, raw)
+    role = next(iter(cache))
+    key = f"pgplatform:domains.content.cacheControl.{role}"
+    assert any(p.startswith(key) and hint in p for p in problems), problems

@@ -122,7 +122,11 @@ def test_program_wires_bootstrap_and_job(
     config, secrets = stack_config(stack)
     raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
     settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
-    bundle = job_bundle(inputs.exposed_schemas(settings), inputs.group_roles(settings))
+    bundle = job_bundle(
+        inputs.exposed_schemas(settings),
+        inputs.group_roles(settings),
+        inputs.cache_control(settings),
+    )
     checksum = bundle_checksum(bundle)
 
     [job_resource] = mocks.by_type("kubernetes:batch/v1:Job")
