@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db engine e2e clean
+.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db bench-faults engine e2e clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,12 @@ bench-db: setup
 	$(BIN)/python -m bench.rls_overhead
 	$(BIN)/python -m bench.pooling
 	$(BIN)/python -m bench.schema_reload
+
+# Faults under load through the rendered PgBouncer (docs/database.md, "Fault behaviour"):
+# PostgreSQL restarts, PgBouncer pause/resume and rollover, an exhausted pool. Prints outage,
+# recovery seconds, client errors and transactions lost; exits non-zero when one was lost.
+bench-faults: setup
+	$(BIN)/python -m bench.faults
 
 # The Pulumi CLI, the Python language host and the provider plugins, built from their Go modules
 # into a cache outside the repository (tools/engine/build.sh; reused once complete).

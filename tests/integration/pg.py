@@ -380,6 +380,27 @@ class PgCluster:
                 break
         raise RuntimeError(f"PostgreSQL did not start:\n{self.server_log()}")
 
+    def restart(self, mode: str = "fast", timeout: float = 60) -> None:
+        """Shut the server down (``fast``: SIGINT, ``immediate``: SIGQUIT) and start it again.
+
+        Same data directory and port, so clients and poolers configured with this address
+        reconnect to it: what a PostgreSQL restart in place looks like to them.
+        """
+        signals = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+        if mode not in signals:
+            raise ValueError(f"restart mode must be one of {sorted(signals)}, got {mode!r}")
+        server, self._server = self._server, None
+        if server is None:
+            raise RuntimeError("the cluster is not running")
+        stop_server(server, stop_signal=signals[mode], timeout=timeout)
+        postgres = str(PG_BIN / "postgres")
+        self._server = spawn_server(
+            [postgres, "-D", str(self.data_dir)], self.log_file, stop_signal=signal.SIGINT
+        )
+        if not self._wait_until_ready(timeout):
+            self._server = None
+            raise RuntimeError(f"PostgreSQL did not start again:\n{self.server_log()}")
+
     def _wait_until_ready(self, timeout: float) -> bool:
         """True once the postmaster reports "ready" in its pid file; False if it exited."""
         pid_file = self.data_dir / "postmaster.pid"

@@ -194,6 +194,26 @@ class PgBouncerProcess:
                 time.sleep(0.05)
         raise RuntimeError(f"pgbouncer did not listen on {self.host}:{self.port}:\n{self.log()}")
 
+    @property
+    def pid(self) -> int | None:
+        """PgBouncer's process id while it runs (for CPU accounting and signals)."""
+        return self._process.pid if self._process is not None else None
+
+    def send_signal(self, signum: int) -> None:
+        """What ``kill`` (or the kubelet) does: SIGINT, SIGTERM, SIGUSR1 (pause), SIGUSR2."""
+        if self._process is None:
+            raise RuntimeError("pgbouncer is not started")
+        self._process.send_signal(signum)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """PgBouncer's exit status once it has exited, or None if it still runs at ``timeout``."""
+        if self._process is None:
+            raise RuntimeError("pgbouncer is not started")
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self) -> None:
         """Terminate PgBouncer (immediate shutdown) and remove its files."""
         process, self._process = self._process, None
