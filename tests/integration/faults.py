@@ -243,8 +243,8 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, step: float = 0.0
 
 
 def committed_after(ledger: Ledger, moment: float, clients: int) -> bool:
-    """Every client has committed a transaction that started after ``moment``."""
-    done = {a.client for a in ledger.attempts if a.status == "committed" and a.started > moment}
+    """Every client has seen a commit after ``moment``."""
+    done = {a.client for a in ledger.attempts if a.status == "committed" and a.ended > moment}
     return len(done) == clients
 
 
@@ -304,11 +304,11 @@ def _normalise(message: str) -> str:
 
 
 def recovery_seconds(ledger: Ledger, moment: float) -> tuple[float, float]:
-    """(first, last): seconds from ``moment`` to the first commit of any client after it, and
-    to the moment the last client committed again. ``inf`` when one never did."""
+    """(first, last): seconds from ``moment`` to the first commit any client saw after it, and
+    to the moment the last client saw one. ``inf`` when one never did."""
     firsts: dict[int, float] = {}
     for attempt in ledger.with_status("committed"):
-        if attempt.started > moment:
+        if attempt.ended > moment:
             firsts[attempt.client] = min(firsts.get(attempt.client, float("inf")), attempt.ended)
     clients = {a.client for a in ledger.attempts}
     if not firsts or len(firsts) < len(clients):

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.faults import (
+    KEY_PREFIX,
+    Attempt,
     FaultRun,
     FaultStack,
+    Ledger,
+    audit,
     fault_stack,
     pgbouncer_pause,
     pgbouncer_rollover,
@@ -120,3 +125,24 @@ def test_exhausted_pool_times_out_waiting_clients_and_recovers(
     assert run.peak_cl_waiting >= run.clients - run.servers
     assert run.cl_waiting_after == 0
     assert math.isfinite(run.after_commit_s)
+
+
+def test_audit_reports_a_lost_commit_and_a_phantom_failure(stack: FaultStack) -> None:
+    """The ledger check itself: a commit the database lacks and a failure it has are caught."""
+    now = time.monotonic()
+    ledger = Ledger(
+        attempts=[
+            Attempt(0, f"{KEY_PREFIX}audit-0-1", now, now, "committed"),
+            Attempt(0, f"{KEY_PREFIX}audit-0-2", now, now, "committed"),
+            Attempt(0, f"{KEY_PREFIX}audit-0-3", now, now, "failed", "boom"),
+        ]
+    )
+    with stack.cluster.connect(stack.database) as conn:
+        conn.execute(
+            "INSERT INTO content.articles (author_sub, title) VALUES ('audit', %s), ('audit', %s)",
+            (f"{KEY_PREFIX}audit-0-1", f"{KEY_PREFIX}audit-0-3"),
+        )
+    result = audit(stack.cluster, stack.database, ledger, "audit")
+    assert result.lost == [f"{KEY_PREFIX}audit-0-2"]
+    assert result.phantom == [f"{KEY_PREFIX}audit-0-3"]
+    assert result.errors == {"boom": 1}
