@@ -353,6 +353,10 @@ def pgbouncer_version() -> tuple[int, int]:
 RECOVERY_BOUND_S: Final = 60.0
 """Generous bound on every wait for recovery: the tests fail past it, the bench reports."""
 WARMUP_COMMITS: Final = 20
+HOLDERS: Final = 2
+HOLD_S: Final = 1.0
+"""``HOLDERS`` of the clients keep each transaction open ``HOLD_S``: some are in flight when
+a fault hits."""
 
 
 @dataclass
@@ -392,7 +396,7 @@ class FaultRun:
     """Longest any committed attempt took (clients waiting, not failing)."""
 
 
-def _warm_up(ledger: Ledger, clients: int) -> None:
+def _warm_up(ledger: Ledger) -> None:
     if not wait_for(lambda: len(ledger.with_status("committed")) >= WARMUP_COMMITS, timeout=30):
         raise AssertionError(f"no load before the fault: {ledger.attempts[-5:]}")
 
@@ -423,41 +427,42 @@ def _run(
     )
 
 
-def postgres_restart(stack: FaultStack, mode: str, *, clients: int = 8) -> FaultRun:
-    """Restart PostgreSQL (``fast`` or ``immediate`` shutdown) under load; PgBouncer stays."""
-    name = f"pg-{mode}"
-    ledger = Ledger()
+def _fault_under_load(
+    stack: FaultStack, name: str, clients: int, fault: Callable[[], int | None]
+) -> FaultRun:
+    """Run the write load, apply ``fault`` once it flows, wait until every client commits."""
     pid = stack.pgbouncer.pid
     workload = Workload(
-        stack.endpoint, stack.pool, clients=clients, run=name, holders=2, hold_s=0.2
+        stack.endpoint, stack.pool, clients=clients, run=name, holders=HOLDERS, hold_s=HOLD_S
     )
     with running_workload(workload):
-        _warm_up(ledger := workload.ledger, clients)
-        fault = time.monotonic()
-        stack.cluster.restart(mode)
+        _warm_up(ledger := workload.ledger)
+        started = time.monotonic()
+        exit_code = fault()
         back = time.monotonic()
         wait_for(lambda: committed_after(ledger, back, clients), timeout=RECOVERY_BOUND_S)
         time.sleep(0.3)
-    return _run(stack, name, ledger, fault, back, pid=pid)
+    return _run(stack, name, ledger, started, back, pid=pid, exit_code=exit_code)
+
+
+def postgres_restart(stack: FaultStack, mode: str, *, clients: int = 8) -> FaultRun:
+    """Restart PostgreSQL (``fast`` or ``immediate`` shutdown) under load; PgBouncer stays."""
+
+    def fault() -> None:
+        stack.cluster.restart(mode)
+
+    return _fault_under_load(stack, f"pg-{mode}", clients, fault)
 
 
 def pgbouncer_pause(stack: FaultStack, *, clients: int = 8, pause_s: float = 2.0) -> FaultRun:
     """``SIGUSR1`` (PAUSE) under load, ``pause_s`` later ``SIGUSR2`` (RESUME)."""
-    name = "pgbouncer-pause"
-    pid = stack.pgbouncer.pid
-    workload = Workload(
-        stack.endpoint, stack.pool, clients=clients, run=name, holders=2, hold_s=1.0
-    )
-    with running_workload(workload):
-        _warm_up(ledger := workload.ledger, clients)
-        fault = time.monotonic()
+
+    def fault() -> None:
         stack.pgbouncer.send_signal(signal.SIGUSR1)
         time.sleep(pause_s)
-        back = time.monotonic()
         stack.pgbouncer.send_signal(signal.SIGUSR2)
-        wait_for(lambda: committed_after(ledger, back, clients), timeout=RECOVERY_BOUND_S)
-        time.sleep(0.3)
-    return _run(stack, name, ledger, fault, back, pid=pid)
+
+    return _fault_under_load(stack, "pgbouncer-pause", clients, fault)
 
 
 def pgbouncer_rollover(
@@ -465,29 +470,23 @@ def pgbouncer_rollover(
 ) -> FaultRun:
     """One step of a rolling update: a new PgBouncer takes the endpoint, the old one gets
     ``signum`` and ``grace_s`` to exit (then SIGKILL, as the kubelet does)."""
-    name = f"pgbouncer-{signal.Signals(signum).name.lower()}"
-    old = stack.pgbouncer
-    pid = old.pid
-    workload = Workload(
-        stack.endpoint, stack.pool, clients=clients, run=name, holders=2, hold_s=1.0
-    )
-    with running_workload(workload):
-        _warm_up(ledger := workload.ledger, clients)
-        new = stack.new_pgbouncer()
-        fault = time.monotonic()
+    old, new = stack.pgbouncer, stack.new_pgbouncer()
+
+    def fault() -> int | None:
         stack.endpoint.switch(new)  # the preStop sleep: endpoints drop the terminating pod
         old.send_signal(signum)
         exit_code = old.wait_exit(grace_s)
         if exit_code is None:
             old.send_signal(signal.SIGKILL)
             old.wait_exit(10)
-        back = time.monotonic()
         stack.pgbouncer = new
-        wait_for(lambda: committed_after(ledger, back, clients), timeout=RECOVERY_BOUND_S)
-        time.sleep(0.3)
-    old.stop()
-    run = _run(stack, name, ledger, fault, back, pid=pid, exit_code=exit_code)
-    return run
+        return exit_code
+
+    name = f"pgbouncer-{signal.Signals(signum).name.lower()}"
+    try:
+        return _fault_under_load(stack, name, clients, fault)
+    finally:
+        old.stop()
 
 
 @dataclass(frozen=True)
