@@ -225,7 +225,7 @@ def reset_cost(args: argparse.Namespace, work: Path, build: Path) -> int:
             for on in (False, True) if run % 2 == 0 else (True, False):
                 banner(f"run {run + 1}/{args.reset_cost}: reset {'on' if on else 'off'}")
                 pgbouncer = poolers[on]
-                pid = pgbouncer._process.pid if pgbouncer._process else None
+                pid = pgbouncer.pid
                 for request in REQUESTS:
                     script = work / f"{request}.sql"
                     script.write_text(script_text(request))
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{pool['reserve_pool_size']}, max_client_conn {pool['max_client_conn']}, "
                     f"server_tls_sslmode {pool['server_tls_sslmode']}"
                 )
-                pid = pgbouncer._process.pid if pgbouncer._process else None
+                pid = pgbouncer.pid
                 for request in REQUESTS:
                     script = work / f"{request}.sql"
                     script.write_text(script_text(request))
