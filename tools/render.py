@@ -71,7 +71,9 @@ def read_stack_config(path: Path) -> tuple[dict[str, str], list[str]]:
             config[key] = OFFLINE_SECRET
             secrets.append(key)
         elif isinstance(value, Mapping | list):
-            config[key] = json.dumps(value)
+            # The engine hands an object value over as JSON with its keys sorted (so domains
+            # arrive in name order, not in the file's order): the same here.
+            config[key] = json.dumps(value, sort_keys=True)
         elif isinstance(value, bool):
             config[key] = "true" if value else "false"
         else:

@@ -242,21 +242,60 @@ def test_rendered_manifests_pass_the_strict_schemas(deployment: Deployment) -> N
     assert not problems, "\n".join(problems)
 
 
-def _comparable(document: dict[str, Any]) -> dict[str, Any]:
-    """The object as both renders must agree on.
+AUTONAME_REFERENCE: Final = re.compile(r"(?<=[a-z0-9])-[0-9a-f]{8}\b")
+AUTONAMED_ANNOTATION: Final = "pulumi.com/autonamed"
+SECRETS_CHECKSUM: Final = "pgplatform.io/secrets-checksum"
 
-    Secret payloads are redacted as the offline render does, and an auto-named object's random
-    suffix is dropped (the engine and the mocks each draw their own).
+
+def _normalised(value: Any) -> Any:
+    """Auto-name suffixes cut from every string; empty lists dropped (the provider omits them)."""
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items() if v != []}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    if isinstance(value, str):
+        return AUTONAME_REFERENCE.sub("", value)
+    return value
+
+
+def _comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """The object as both renders must agree on; the differences this removes are explained.
+
+    - Secret payloads: the offline render redacts them; the real render writes the values.
+    - Auto-named objects: the engine and the mocks each draw their own random suffix, in the
+      object's name and wherever another object refers to it; the Kubernetes provider also
+      marks such objects with the ``pulumi.com/autonamed`` annotation.
+    - The secrets checksum annotation is keyed with a generated key over the secret values,
+      which the offline render only has as placeholders.
+    - An empty list the program sets (e.g. a NetworkPolicy's ``ingress: []`` under
+      ``policyTypes: [Ingress]``) is omitted by the provider; both mean the same to the API.
     """
     out = json.loads(json.dumps(document))
     if out["kind"] == "Secret":
         for field in ("data", "stringData"):
             if field in out:
                 out[field] = REDACTED
-    meta = out.get("metadata") or {}
-    if "name" in meta:
-        meta["name"] = AUTONAME_SUFFIX.sub("", str(meta["name"]))
-    return out
+    annotations = (out.get("metadata") or {}).get("annotations") or {}
+    annotations.pop(AUTONAMED_ANNOTATION, None)
+    if SECRETS_CHECKSUM in annotations:
+        annotations[SECRETS_CHECKSUM] = REDACTED
+    for template in _pod_templates(out):
+        template_annotations = (template.get("metadata") or {}).get("annotations") or {}
+        if SECRETS_CHECKSUM in template_annotations:
+            template_annotations[SECRETS_CHECKSUM] = REDACTED
+    if not annotations and "annotations" in (out.get("metadata") or {}):
+        del out["metadata"]["annotations"]
+    normalised: dict[str, Any] = _normalised(out)
+    return normalised
+
+
+def _pod_templates(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document.get("spec") or {}
+    found = [spec["template"]] if isinstance(spec.get("template"), dict) else []
+    job = (spec.get("jobTemplate") or {}).get("spec") or {}
+    if isinstance(job.get("template"), dict):
+        found.append(job["template"])
+    return found
 
 
 def test_rendered_manifests_equal_the_offline_render(deployment: Deployment) -> None:
