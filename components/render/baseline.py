@@ -201,46 +201,48 @@ def render_exposed_schemas_sql(schemas: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sql_text(value: str) -> str:
-    """A standard-conforming SQL string literal (quotes doubled)."""
+def _sql_value(value: str | int) -> str:
+    """A SQL literal: integers as they are, text standard-conforming (quotes doubled)."""
+    if isinstance(value, int):
+        return str(value)
     return "'" + value.replace("'", "''") + "'"
+
+
+def _replace_rows_sql(
+    table: str, columns: Sequence[str], rows: Sequence[tuple[str | int, ...]]
+) -> list[str]:
+    """Statements making ``table`` hold exactly ``rows`` (in the bundle's one transaction).
+
+    ``table`` and ``columns`` are this module's constants; every value goes through _sql_value.
+    """
+    lines = [f"DELETE FROM {table};"]  # noqa: S608 - constant table name
+    if rows:
+        values = ",\n".join(
+            "    (" + ", ".join(_sql_value(v) for v in row) + ")" for row in sorted(rows)
+        )
+        lines += [f"INSERT INTO {table} ({', '.join(columns)}) VALUES", values + ";"]
+    return lines
 
 
 def render_group_roles_sql(groups: GroupRoles) -> str:
     """Idempotent SQL making ``platform.group_role`` and the base role exactly the stack's."""
-    rows = [
-        f"    ({_sql_text(group)}, {_sql_text(role)}, {priority})"
-        for group, role, priority in sorted(groups.mapping)
-    ]
+    base = [] if groups.base_role is None else [(groups.base_role,)]
     lines = [
         "-- Roles from the groups claim (rendered from auth.groupRoles and auth.baseRole).",
-        "DELETE FROM platform.group_role;",
+        *_replace_rows_sql(
+            "platform.group_role", ("group_name", "role", "priority"), groups.mapping
+        ),
+        *_replace_rows_sql("platform.group_base_role", ("role",), base),
     ]
-    if rows:
-        lines += ["INSERT INTO platform.group_role (group_name, role, priority) VALUES"]
-        lines += [",\n".join(rows) + ";"]
-    lines += ["DELETE FROM platform.group_base_role;"]
-    if groups.base_role is not None:
-        lines += [
-            "INSERT INTO platform.group_base_role (role)",
-            f"VALUES ({_sql_text(groups.base_role)});",
-        ]
     return "\n".join(lines) + "\n"
 
 
 def render_cache_control_sql(cache: CacheControl) -> str:
     """Idempotent SQL making ``platform.cache_control`` exactly the stack's."""
-    rows = [
-        f"    ({_sql_text(schema)}, {_sql_text(role)}, {_sql_text(value)})"
-        for schema, role, value in sorted(cache.rows)
-    ]
     lines = [
         "-- Cache-Control per schema and API role (rendered from domains.<name>.cacheControl).",
-        "DELETE FROM platform.cache_control;",
+        *_replace_rows_sql("platform.cache_control", ("schema_name", "role", "value"), cache.rows),
     ]
-    if rows:
-        lines += ["INSERT INTO platform.cache_control (schema_name, role, value) VALUES"]
-        lines += [",\n".join(rows) + ";"]
     return "\n".join(lines) + "\n"
 
 

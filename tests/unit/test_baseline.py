@@ -243,7 +243,7 @@ def test_group_roles_render_the_mapping_and_the_base_role() -> None:
     )
     text = render_group_roles_sql(groups)
     assert "('admins', 'api_admin', 30),\n    ('o''hara team', 'api_editor', 20);" in text
-    assert "VALUES ('api_user');" in text
+    assert "INSERT INTO platform.group_base_role (role) VALUES\n    ('api_user');" in text
     assert text.index("DELETE FROM platform.group_role;") < text.index("INSERT")
     empty = render_group_roles_sql(GroupRoles())
     assert "INSERT" not in empty
