@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db bench-faults engine e2e clean
+.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db bench-faults engine e2e apiserver apiserver-check clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,16 @@ engine:
 # up, a second preview that must be a no-op, a new domain, destroy. Output under build/e2e/.
 e2e: setup
 	$(BIN)/pytest -m e2e tests/e2e -v
+
+# A real kube-apiserver, etcd and kubectl built from Go modules into ~/.cache/pgplatform (long:
+# tens of minutes of CPU on a cold Go cache; reused afterwards).
+apiserver:
+	bash tools/apiserver/build.sh
+
+# Both rendered stacks applied to that API server with the CRDs installed, and the restore
+# check's admission policy proven both ways (tests/apiserver). Skips until `make apiserver` ran.
+apiserver-check: setup
+	$(BIN)/pytest -m apiserver tests/apiserver -v
 
 clean:
 	rm -rf build .mypy_cache .ruff_cache .pytest_cache
