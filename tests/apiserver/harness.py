@@ -226,6 +226,9 @@ def running_apiserver(bin_dir: Path) -> Iterator[ApiServer]:
                                 f"--etcd-servers={etcd_url}",
                                 f"--bind-address={LOOPBACK}",
                                 f"--advertise-address={LOOPBACK}",
+                                # A loopback address cannot back the kubernetes Service's
+                                # endpoints; nothing in-cluster calls the API server here.
+                                "--endpoint-reconciler-type=none",
                                 f"--secure-port={secure}",
                                 f"--cert-dir={root / 'certs'}",
                                 f"--tls-cert-file={pki / 'server.crt'}",
