@@ -6,18 +6,16 @@
 #   bin/pulumi-language-python-exec     the SDK's program runner, from the same sdk/v3 release
 #   bin/pulumi-resource-kubernetes      github.com/pulumi/pulumi-kubernetes/provider/v4
 #   bin/pulumi-resource-random          the Terraform random provider, bridged (tools/engine/random)
-#   bin/pulumi-resource-postgresql      pulumi-postgresql's provider (needs source checkouts)
-#   bin/pulumi-resource-vault           pulumi-vault's provider (needs source checkouts)
+#   bin/pulumi-resource-postgresql      pulumi-postgresql's provider (a prebuilt binary, below)
+#   bin/pulumi-resource-vault           pulumi-vault's provider (a prebuilt binary, below)
 # The cache counts as complete only once every binary built: then `.complete` is written, which
 # is what `make e2e` and CI look for. The last line printed is the cache directory;
 # `build.sh --path` prints it without building, or exits 3 when the cache is not complete.
 #
-# pulumi-postgresql and pulumi-vault are not published as Go modules (their provider modules
-# replace the Terraform provider with a local ../upstream checkout), so they are built from git
-# repositories given in these variables (a clone or a bare mirror holding the commits below):
-#   PULUMI_POSTGRESQL_GIT, TERRAFORM_PROVIDER_POSTGRESQL_GIT, PULUMI_VAULT_GIT,
-#   TERRAFORM_PROVIDER_VAULT_GIT
-# Without them those two steps stop with a message, and the cache stays incomplete.
+# pulumi-postgresql and pulumi-vault are not served as Go modules, so the cache takes their
+# provider binaries from PULUMI_RESOURCE_POSTGRESQL and PULUMI_RESOURCE_VAULT (paths to the
+# binaries of the versions below). Without them those two steps stop with a message, and the
+# cache stays incomplete.
 #
 # Environment: GO (default /usr/local/go/bin/go or go on PATH), PGPLATFORM_ENGINE_HOME (default
 # ~/.cache/pgplatform), ENGINE_JOBS (go build -p, default 1: the build is long, not urgent).
@@ -60,17 +58,14 @@ TF_PLUGIN_SDK_FORK=v2.0.0-20260318212141-5525259d096b
 RANDOM_TF_MODULE=github.com/terraform-providers/terraform-provider-random
 RANDOM_TF=v1.3.2-0.20260824155315-e1092b0cfc07
 RANDOM_VERSION=4.21.4
-# pulumi-postgresql v3.18.0 (v3.18.1/2 are not in the sources at hand) and its upstream commit.
-PG_TAG=v3.18.0
-PG_UPSTREAM=ff936b9548c1076f498523a2bd116915ff977142
-# pulumi-vault v7.11.0 (newest release in the sources at hand) and its upstream commit.
-VAULT_TAG=v7.11.0
-VAULT_UPSTREAM=fa0a334404e3d04e4364467f51c6a4b4751848fd
+# pulumi-postgresql and pulumi-vault: prebuilt binaries of these versions (see below).
+PG_VERSION=3.18.0
+VAULT_VERSION=7.11.0
 
 own_sources=$(cd "$here" && find langhost random -type f | LC_ALL=C sort | xargs sha256sum)
 key=$(printf '%s\n' "$("$GO" env GOVERSION)" "$CLI_VERSION" "$K8S_PSEUDO" "$BRIDGE" \
-  "$TF_PLUGIN_SDK_FORK" "$RANDOM_TF" "$RANDOM_VERSION" "$PG_TAG" "$PG_UPSTREAM" "$VAULT_TAG" \
-  "$VAULT_UPSTREAM" "$own_sources" | sha256sum | cut -c1-12)
+  "$TF_PLUGIN_SDK_FORK" "$RANDOM_TF" "$RANDOM_VERSION" "$PG_VERSION" "$VAULT_VERSION" \
+  "$own_sources" | sha256sum | cut -c1-12)
 home=${PGPLATFORM_ENGINE_HOME:-$HOME/.cache/pgplatform}
 cache="$home/engine-$key"
 if [ "${1:-}" = --path ]; then # where the complete cache is, or exit 3
@@ -95,7 +90,7 @@ step() { # step NAME OUTPUT-BINARY FUNCTION: run FUNCTION unless OUTPUT-BINARY e
   t0=$(date +%s)
   echo "engine: $name: building (log: $cache/logs/$name.log)"
   # A fresh shell, so that errexit holds inside the step (this function runs inside conditions).
-  if bash -euo pipefail -c "$(declare -f build minify need_git export_tree bridged_from_source "$fn"); $fn" \
+  if bash -euo pipefail -c "$(declare -f build minify prebuilt "$fn"); $fn" \
     >"$cache/logs/$name.log" 2>&1; then
     echo "engine: $name: ok in $(($(date +%s) - t0)) s"
     echo "$name $(($(date +%s) - t0))" >>"$cache/logs/times"
@@ -197,142 +192,26 @@ EOF
   build -ldflags "$ld" -o "$bin/pulumi-resource-random" ./provider
 }
 
-# --- (b) postgresql, (c) vault: from source checkouts ------------------------------------------
-need_git() { # need_git VAR URL: VAR names a git repository (clone or bare mirror) of URL
-  local dir=${!1:-}
-  if [ -z "$dir" ] || ! git -C "$dir" rev-parse -q --verify HEAD >/dev/null 2>&1; then
-    echo "engine: set $1 to a git clone of $2 (not published as a Go module)" >&2
+# --- (b) postgresql, (c) vault: prebuilt provider binaries ------------------------------------
+# Neither provider is served as a Go module here (their provider modules replace the Terraform
+# provider with a local ../upstream checkout, and the module proxy refuses both), so the cache
+# takes a provider binary of the named version from PULUMI_RESOURCE_POSTGRESQL and
+# PULUMI_RESOURCE_VAULT (for example the release binaries); this script does not build them.
+prebuilt() { # prebuilt NAME VERSION VAR: install the binary VAR names, after checking it runs
+  local name=$1 version=$2 file=${!3:-}
+  if [ -z "$file" ] || [ ! -x "$file" ]; then
+    echo "engine: set $3 to a pulumi-resource-$name $version binary (not served as a Go module)" >&2
     return 1
   fi
-}
-export_tree() { # export_tree GITDIR COMMIT DEST [PATH...]: files of COMMIT under DEST
-  local gitdir commit=$2 dest=$3
-  gitdir=$(git -C "$1" rev-parse --absolute-git-dir 2>/dev/null || echo "$1")
-  shift 3
-  mkdir -p "$dest"
-  if git --git-dir="$gitdir" archive "$commit" "$@" 2>/dev/null | tar -x -C "$dest" 2>/dev/null; then
-    return 0
+  # A provider only runs under an engine; all that is checked here is that it is a program.
+  if [ "$(head -c 4 "$file" | tail -c 3)" != ELF ]; then
+    echo "engine: $3=$file is not an ELF program" >&2
+    return 1
   fi
-  # A shallow mirror may lack large blobs: copy file by file and name what is absent.
-  local meta mode type hash path
-  git --git-dir="$gitdir" ls-tree -r --full-tree "$commit" -- "$@" |
-    while IFS=$'\t' read -r meta path; do
-      read -r mode type hash <<<"$meta"
-      [ "$type" = blob ] || continue
-      if git --git-dir="$gitdir" cat-file -e "$hash" 2>/dev/null; then
-        mkdir -p "$dest/$(dirname "$path")"
-        git --git-dir="$gitdir" cat-file blob "$hash" >"$dest/$path"
-        [ "$mode" != 100755 ] || chmod +x "$dest/$path"
-      else
-        echo "engine: absent from the source: $path" >&2
-      fi
-    done
+  install -m 0755 "$file" "$bin/pulumi-resource-$name"
 }
-bridged_from_source() { # NAME TAG UPSTREAM-COMMIT GIT UPSTREAM-GIT MAIN-KIND
-  local name=$1 tag=$2 up=$3 git=$4 upgit=$5 kind=$6 src="$cache/src/$1" version
-  rm -rf "$src"
-  export_tree "$git" "$tag" "$src" provider patches
-  export_tree "$upgit" "$up" "$src/upstream"
-  for patch in "$src"/patches/*.patch; do
-    [ -e "$patch" ] && (cd "$src/upstream" && git apply "$patch")
-  done
-  version=${tag#v}
-  local cmd="$src/provider/cmd/pulumi-resource-$name"
-  mkdir -p "$src/provider/cmd/engine-main" "$src/provider/cmd/engine-tfgen"
-  local module
-  module=$(cd "$src/provider" && "$GO" list -m)
-  if [ "$kind" = sdkv2 ]; then
-    cat >"$src/provider/cmd/engine-main/main.go" <<EOF
-// Command pulumi-resource-$name serves the bridged provider with its embedded schema.
-package main
-
-import (
-	_ "embed"
-
-	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfbridge"
-
-	provider "$module"
-	"$module/pkg/version"
-)
-
-//go:embed schema-embed.json
-var schema []byte
-
-func main() { tfbridge.Main("$name", version.Version, provider.Provider(), schema) }
-EOF
-  else
-    cat >"$src/provider/cmd/engine-main/main.go" <<EOF
-// Command pulumi-resource-$name serves the bridged (muxed) provider with its embedded schema.
-package main
-
-import (
-	"context"
-	_ "embed"
-
-	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/pf/tfbridge"
-
-	provider "$module"
-)
-
-//go:embed schema-embed.json
-var schema []byte
-
-func main() { tfbridge.MainWithMuxer(context.Background(), "$name", provider.Provider(), schema) }
-EOF
-  fi
-  cd "$src/provider"
-  "$GO" mod download
-  local ld="-s -w -X $module/pkg/version.Version=$version"
-  if [ ! -f "$cmd/schema.json" ]; then
-    # The release's committed schema is not in the source: generate it with the bridge.
-    if [ "$kind" = sdkv2 ]; then
-      cat >cmd/engine-tfgen/main.go <<EOF
-// Command engine-tfgen writes the provider's Pulumi schema.
-package main
-
-import (
-	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/tfgen"
-
-	provider "$module"
-	"$module/pkg/version"
-)
-
-func main() { tfgen.Main("$name", version.Version, provider.Provider()) }
-EOF
-    else
-      cat >cmd/engine-tfgen/main.go <<EOF
-// Command engine-tfgen writes the provider's Pulumi schema.
-package main
-
-import (
-	"github.com/pulumi/pulumi-terraform-bridge/v3/pkg/pf/tfgen"
-
-	provider "$module"
-)
-
-func main() { tfgen.MainWithMuxer("$name", provider.Provider()) }
-EOF
-    fi
-    build -ldflags "$ld" -o "$src/engine-tfgen" ./cmd/engine-tfgen
-    mkdir -p "$src/generated"
-    "$src/engine-tfgen" schema --skip-docs --skip-examples --out "$src/generated"
-    cp "$src/generated/schema.json" "$cmd/schema.json"
-  fi
-  minify "$cmd/schema.json" cmd/engine-main/schema-embed.json
-  build -ldflags "$ld" -o "$bin/pulumi-resource-$name" ./cmd/engine-main
-}
-postgresql() {
-  need_git PULUMI_POSTGRESQL_GIT https://github.com/pulumi/pulumi-postgresql &&
-    need_git TERRAFORM_PROVIDER_POSTGRESQL_GIT https://github.com/cyrilgdn/terraform-provider-postgresql &&
-    bridged_from_source postgresql "$PG_TAG" "$PG_UPSTREAM" "$PULUMI_POSTGRESQL_GIT" \
-      "$TERRAFORM_PROVIDER_POSTGRESQL_GIT" sdkv2
-}
-vault() {
-  need_git PULUMI_VAULT_GIT https://github.com/pulumi/pulumi-vault &&
-    need_git TERRAFORM_PROVIDER_VAULT_GIT https://github.com/hashicorp/terraform-provider-vault &&
-    bridged_from_source vault "$VAULT_TAG" "$VAULT_UPSTREAM" "$PULUMI_VAULT_GIT" \
-      "$TERRAFORM_PROVIDER_VAULT_GIT" muxed
-}
+postgresql() { prebuilt postgresql "$PG_VERSION" PULUMI_RESOURCE_POSTGRESQL; }
+vault() { prebuilt vault "$VAULT_VERSION" PULUMI_RESOURCE_VAULT; }
 
 rung=none
 if step cli pulumi cli && step langhost pulumi-language-python langhost &&
