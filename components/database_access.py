@@ -109,12 +109,26 @@ class DatabaseAccess(pulumi.ComponentResource):
 
         schemas: dict[str, pg.Schema] = {}
 
-        def after(*names: str, schema: str | None = None) -> pulumi.ResourceOptions:
-            """After the named roles and, when the plan creates it, ``schema``."""
+        # PostgreSQL refuses two transactions that rewrite the same catalog row at once ("tuple
+        # concurrently updated"), and the provider applies each grant as REVOKE + GRANT. Grants
+        # on one ACL (a database, a schema, the objects of one type in a schema, one
+        # pg_default_acl row) therefore run one after the other, each after the previous.
+        last_on_acl: dict[tuple[str, ...], pulumi.Resource] = {}
+
+        def after(
+            *names: str, schema: str | None = None, acl: tuple[str, ...] = ()
+        ) -> pulumi.ResourceOptions:
+            """After the named roles, ``schema`` when the plan creates it, and ``acl``'s last."""
             deps: list[pulumi.Resource] = [roles[n] for n in names if n in roles]
             if schema in schemas:
                 deps.append(schemas[schema])
+            if acl in last_on_acl:
+                deps.append(last_on_acl[acl])
             return pulumi.ResourceOptions(parent=self, provider=provider, depends_on=deps)
+
+        def on_acl(acl: tuple[str, ...], resource: pulumi.Resource, schema: str | None) -> None:
+            last_on_acl[acl] = resource
+            mine(resource, schema)
 
         for schema in plan.schemas:
             schemas[schema.name] = pg.Schema(
@@ -144,9 +158,9 @@ class DatabaseAccess(pulumi.ComponentResource):
                 object_type="database",
                 role=d.role,
                 privileges=list(d.privileges),
-                opts=after(d.role),
+                opts=after(d.role, acl=("database",)),
             )
-            mine(database_grant, None)
+            on_acl(("database",), database_grant, None)
 
         for g in plan.schema_grants:
             usage = pg.Grant(
@@ -156,12 +170,13 @@ class DatabaseAccess(pulumi.ComponentResource):
                 schema=g.schema,
                 role=g.role,
                 privileges=list(g.privileges),
-                opts=after(g.role, schema=g.schema),
+                opts=after(g.role, schema=g.schema, acl=("schema", g.schema)),
             )
-            mine(usage, g.schema)
+            on_acl(("schema", g.schema), usage, g.schema)
 
         for dg in plan.default_grants:
             scope = dg.schema or "all"
+            default_acl = ("default", dg.owner, scope, dg.object_type)
             default = pg.DefaultPrivileges(
                 f"{name}-default-{scope}-{dg.object_type}-{dg.role}",
                 database=args.database,
@@ -170,11 +185,12 @@ class DatabaseAccess(pulumi.ComponentResource):
                 role=dg.role,
                 object_type=dg.object_type,
                 privileges=list(dg.privileges),
-                opts=after(dg.owner, dg.role, schema=dg.schema),
+                opts=after(dg.owner, dg.role, schema=dg.schema, acl=default_acl),
             )
-            mine(default, dg.schema)
+            on_acl(default_acl, default, dg.schema)
 
         for og in plan.object_grants:
+            objects_acl = ("objects", og.schema, og.object_type)
             # No ``objects``: every object of the type in the schema, as it exists when applied.
             existing = pg.Grant(
                 f"{name}-existing-{og.schema}-{og.object_type}-{og.role}",
@@ -183,9 +199,9 @@ class DatabaseAccess(pulumi.ComponentResource):
                 object_type=og.object_type,
                 role=og.role,
                 privileges=list(og.privileges),
-                opts=after(og.role, schema=og.schema),
+                opts=after(og.role, schema=og.schema, acl=objects_acl),
             )
-            mine(existing, og.schema)
+            on_acl(objects_acl, existing, og.schema)
 
         self.roles = pulumi.Output.from_input([spec.name for spec in plan.roles])
         self.register_outputs({"passwords": self.passwords, "roles": self.roles})
