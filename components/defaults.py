@@ -181,6 +181,7 @@ _DOMAIN_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "resources": _RESOURCES_SMALL,
         "logLevel": "info",
         "serverTiming": True,
+        "slo": {"availability": 99.5, "latencyP95Ms": 500, "window": "30d"},
     },
     "prod": {
         "replicas": {"min": 2, "max": 8},
@@ -190,6 +191,7 @@ _DOMAIN_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "resources": _RESOURCES_MEDIUM,
         "logLevel": "error",
         "serverTiming": False,
+        "slo": {"availability": 99.9, "latencyP95Ms": 250, "window": "30d"},
     },
 }
 

@@ -28,6 +28,7 @@ from components.render.postgraphile import PostgraphileInput
 from components.render.postgres_cluster import ClusterInput, ObjectStoreInput, object_store_name
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
+from components.render.slo import SloObjectives
 from components.settings import StackSettings, budget_input
 
 
@@ -304,6 +305,18 @@ CLUSTER_NAME = "postgres-db"
 def alert_thresholds(s: StackSettings) -> AlertThresholds:
     """The stack's alert thresholds (``observability.alerts``, env defaults in defaults.py)."""
     return AlertThresholds(**s.observability.alerts.model_dump())
+
+
+def slo_objectives(s: StackSettings) -> dict[str, SloObjectives]:
+    """Each domain's SLOs (``domains.<name>.slo``, env defaults in defaults.py)."""
+    return {
+        name: SloObjectives(
+            availability=d.slo.availability,
+            latency_p95_ms=d.slo.latency_p95_ms,
+            window=d.slo.window,
+        )
+        for name, d in s.domains.items()
+    }
 
 
 def expected_replicas(s: StackSettings) -> int:

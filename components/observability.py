@@ -22,6 +22,7 @@ from components.render.checksum import content_checksum
 from components.render.dashboards import render_dashboards
 from components.render.metrics_catalog import TargetNaming, postgres_exporter_queries_yaml
 from components.render.secret_sync import wait_for_secret_container
+from components.render.slo import SloObjectives
 from components.settings import StackSettings, VaultSettings
 from components.workload import VaultAccountSpec, vault_account
 
@@ -67,6 +68,8 @@ class ObservabilityStackArgs:
     runbook_base_url: str
     backups: bool
     """Backups and the restore check exist: their alerts are rendered."""
+    slos: Mapping[str, SloObjectives] | None = None
+    """Domain -> SLOs: recording rules, burn-rate alerts and the error-budget panel."""
     exporter: render.ExporterInput | None = None
     exporter_secrets: ExporterSecrets | None = None
     labels: Mapping[str, str] = field(
@@ -83,6 +86,8 @@ class ObservabilityStackArgs:
             raise ValueError("postgrest_services: needs exactly one Service per domain")
         if set(self.httproutes) != set(self.domains):
             raise ValueError("httproutes: needs exactly one HTTPRoute per domain")
+        if self.slos is not None and set(self.slos) != set(self.domains):
+            raise ValueError("slos: needs exactly one SLO per domain")
         external = self.postgres_mode == "external"
         if external != (self.exporter is not None and self.exporter_secrets is not None):
             raise ValueError(
@@ -121,6 +126,7 @@ def rule_spec(args: ObservabilityStackArgs) -> dict[str, Any]:
         postgres_mode="cnpg" if args.postgres_mode == "cnpg" else "external",
         expected_replicas=args.expected_replicas,
         naming=args.naming,
+        slos=args.slos,
     )
     if not args.backups:
         spec["groups"] = [g for g in spec["groups"] if g["name"] != BACKUP_RULE_GROUP]
@@ -388,6 +394,7 @@ def observability_args(
         thresholds=inputs.alert_thresholds(s),
         runbook_base_url=s.observability.runbook_base_url,
         backups=inputs.backup_store(s) is not None,
+        slos=inputs.slo_objectives(s),
         exporter=exporter,
         exporter_secrets=secrets,
     )
@@ -398,12 +405,18 @@ def observability_report(s: StackSettings) -> list[str]:
     from components import inputs
 
     args = observability_args(s, monitor_password="" if s.postgres.mode == "external" else None)
-    alerts = sorted({r["alert"] for g in rule_spec(args)["groups"] for r in g["rules"]})
+    rules = [r for g in rule_spec(args)["groups"] for r in g["rules"]]
+    alerts = sorted({r["alert"] for r in rules if "alert" in r})
+    slos = ", ".join(
+        f"{domain} {slo.availability:g}%/p95 {slo.latency_p95_ms}ms/{slo.window}"
+        for domain, slo in (args.slos or {}).items()
+    )
     database = "PodMonitor (CloudNativePG)" if args.postgres_mode == "cnpg" else "postgres_exporter"
     lines = [
         "",
         f"Observability: ServiceMonitors for {len(args.domains)} PostgREST admin ports and "
         f"PgBouncer, {database}; {len(alerts)} alerts; 2 dashboards",
+        f"SLOs (availability/latency/window): {slos or 'none'}",
     ]
     store = inputs.backup_store(s)
     if store is None:

@@ -342,6 +342,41 @@ class ReplicaRange(_Model):
         return self
 
 
+def _availability(value: float) -> float:
+    from components.render.slo import availability_problem
+
+    problem = availability_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _latency_objective(value: int) -> int:
+    from components.render.slo import latency_problem
+
+    problem = latency_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _slo_window(value: str) -> str:
+    from components.render.slo import window_days
+
+    window_days(value)
+    return value
+
+
+class SloSettings(_Model):
+    """A domain's service level objectives (burn-rate alerts and error budget)."""
+
+    # Percent of responses that are not 5xx.
+    availability: Annotated[float, AfterValidator(_availability)]
+    # 95% of requests are answered within this many ms (an Envoy histogram bucket boundary).
+    latency_p95_ms: Annotated[int, AfterValidator(_latency_objective)]
+    window: Annotated[Duration, AfterValidator(_slo_window)]
+
+
 class DomainSettings(_Model):
     """One PostgREST API exposing one schema."""
 
@@ -361,6 +396,7 @@ class DomainSettings(_Model):
     cache_control: dict[Annotated[str, Field(min_length=1, max_length=63)], str] = Field(
         default_factory=dict
     )
+    slo: SloSettings
 
 
 class GatewayRef(_Model):

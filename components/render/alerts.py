@@ -8,7 +8,7 @@ per environment, so staging can be noisy-tolerant while prod pages early.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
@@ -18,6 +18,8 @@ from components.render.metrics_catalog import (
     TargetNaming,
     postgres_metrics,
 )
+from components.render.slo import ALERT_NAMES as SLO_ALERT_NAMES
+from components.render.slo import SloObjectives, slo_rule_groups
 
 # Every alert this module can emit; docs/runbooks/<name>.md must exist for each.
 ALERT_NAMES: Final = (
@@ -35,6 +37,7 @@ ALERT_NAMES: Final = (
     "RestoreVerificationFailed",
     "RestoreVerificationStale",
     "PodCrashLooping",
+    *SLO_ALERT_NAMES,
 )
 
 
@@ -440,8 +443,12 @@ def render_prometheus_rules(
     postgres_mode: PostgresMode = "cnpg",
     expected_replicas: int = 0,
     naming: TargetNaming | None = None,
+    slos: Mapping[str, SloObjectives] | None = None,
 ) -> dict[str, Any]:
     """The PrometheusRule ``spec``: one group per concern, per-domain API rules.
+
+    ``slos`` (domain -> objectives, one per domain) adds the SLO recording rules and burn-rate
+    alerts of ``render.slo``; without it they are left out.
 
     ``expected_replicas`` is the number of streaming standbys (CloudNativePG: instances - 1);
     0 omits PostgresReplicaMissing. Backup and restore-check alerts exist in cnpg mode only: an
@@ -457,6 +464,8 @@ def render_prometheus_rules(
         raise ValueError(f"max_connections: must be positive, got {max_connections}")
     if expected_replicas < 0:
         raise ValueError(f"expected_replicas: must be >= 0, got {expected_replicas}")
+    if slos is not None and set(slos) != set(domains):
+        raise ValueError(f"slos: needs exactly one SLO per domain {sorted(domains)}")
     sel = Selectors(
         namespace=namespace,
         cluster_name=cluster_name,
@@ -475,9 +484,12 @@ def render_prometheus_rules(
     if postgres_mode == "cnpg":
         groups.append(("pgplatform-backup", _backup_rules(sel, thresholds)))
     groups.append(("pgplatform-kubernetes", _kubernetes_rules(sel)))
-    return {
-        "groups": [
-            {"name": name, "rules": [_rule_dict(rule, base) for rule in rules]}
-            for name, rules in groups
-        ]
-    }
+    rendered = [
+        {"name": name, "rules": [_rule_dict(rule, base) for rule in rules]}
+        for name, rules in groups
+    ]
+    if slos is not None:
+        rendered += slo_rule_groups(
+            sel=sel, slos={d: slos[d] for d in domains}, runbook_base_url=base
+        )
+    return {"groups": rendered}

@@ -23,6 +23,7 @@ from components.render.metrics_catalog import (
     TargetNaming,
     postgres_metrics,
 )
+from components.render.slo import BUDGET_RECORD
 
 SCHEMA_VERSION: Final = 39
 RATE: Final = "$__rate_interval"
@@ -166,6 +167,22 @@ def _api_dashboard(domains: Sequence[str], sel: Selectors, mode: PostgresMode) -
             for d in domains
         ]
 
+    board.row("SLOs")
+    board.panel(
+        "Error budget remaining",
+        "Share of each SLO's error budget left over its window (domains.<name>.slo), from the "
+        "recording rule pgplatform:slo_error_budget:remaining: 100% = no bad requests, 0% = "
+        "budget spent, below 0 = objective missed. Burn-rate alerts: ApiErrorBudgetFastBurn, "
+        "ApiErrorBudgetSlowBurn.",
+        [
+            Target(
+                expr=f"{BUDGET_RECORD}{{{sel.kube}}}",
+                legend="{{domain}} {{slo}} ({{window}})",
+            )
+        ],
+        unit="percentunit",
+        width=24,
+    )
     board.row("Traffic")
     board.panel(
         "Request volume per domain",

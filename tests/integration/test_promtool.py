@@ -25,6 +25,7 @@ from components.render.alerts import (
 )
 from components.render.dashboards import dashboard_expressions, render_dashboards
 from components.render.metrics_catalog import POSTGRES_MODES, PostgresMode
+from components.render.slo import SloObjectives
 from tests.conftest import STACKS
 from tests.integration.rendered import rendered_dashboards, rendered_rule_specs
 from tests.tooling import require_tool
@@ -48,11 +49,18 @@ FIXED_THRESHOLDS = AlertThresholds(
     restore_check_max_age_days=2,
 )
 
+# The objectives tests/promtool/slo.yaml is computed from (error budgets 0.1% and 5%).
+FIXED_SLOS = {
+    domain: SloObjectives(availability=99.9, latency_p95_ms=250, window="30d")
+    for domain in TEST_DOMAINS
+}
+SLO_GROUPS = ("pgplatform-slo", "pgplatform-slo-budget")
+
 # Grafana's interval variables are not PromQL; promtool sees typical values instead.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h"}
 
 
-def fixed_rules(mode: PostgresMode) -> dict[str, Any]:
+def fixed_rules(mode: PostgresMode, *, slos: bool = False) -> dict[str, Any]:
     """The rules tests/promtool/*.yaml were written against."""
     return render_prometheus_rules(
         namespace="pgplatform",
@@ -63,7 +71,16 @@ def fixed_rules(mode: PostgresMode) -> dict[str, Any]:
         max_connections=100,
         postgres_mode=mode,
         expected_replicas=2,
+        slos=FIXED_SLOS if slos else None,
     )
+
+
+def fixed_slo_rules() -> dict[str, Any]:
+    """Only the SLO groups (rules-slo.yaml): their days of input stay fast without the rest."""
+    spec = fixed_rules("cnpg", slos=True)
+    groups = [g for g in spec["groups"] if g["name"] in SLO_GROUPS]
+    assert len(groups) == len(SLO_GROUPS)
+    return {"groups": groups}
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -83,15 +100,17 @@ def write_yaml(path: Path, data: Any) -> Path:
 def test_rendered_rules_pass_promtool_check(
     tmp_path: Path, environment: str, mode: PostgresMode
 ) -> None:
+    domains = ("identity", "content", "analytics")
     spec = render_prometheus_rules(
         namespace="pgplatform",
-        domains=("identity", "content", "analytics"),
+        domains=domains,
         cluster_name="pgplatform-db",
         thresholds=default_thresholds(environment),
         runbook_base_url="https://github.com/pgplatform/pgplatform/blob/main/docs/runbooks",
         max_connections=400 if environment == "prod" else 200,
         postgres_mode=mode,
         expected_replicas=2,
+        slos={d: SloObjectives(availability=99.5, latency_p95_ms=500) for d in domains},
     )
     rules = write_yaml(tmp_path / f"{environment}-{mode}.yaml", spec)
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
@@ -103,6 +122,7 @@ def test_rendered_rules_pass_promtool_check(
 def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
     for mode in POSTGRES_MODES:
         write_yaml(tmp_path / f"rules-{mode}.yaml", fixed_rules(mode))
+    write_yaml(tmp_path / "rules-slo.yaml", fixed_slo_rules())
     test_files = sorted(PROMTOOL_TESTS.glob("*.yaml"))
     assert test_files, f"no promtool tests in {PROMTOOL_TESTS}"
     for source in test_files:
@@ -132,6 +152,34 @@ def test_promtool_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     result = promtool("test", "rules", "alerts-cnpg.yaml", cwd=tmp_path)
     assert result.returncode != 0
     assert "PostgresConnectionsNearLimit" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("objectives", "alert"),
+    [
+        (SloObjectives(availability=99.8, latency_p95_ms=250), "availability"),
+        (SloObjectives(availability=99.9, latency_p95_ms=500), "latency"),
+    ],
+)
+def test_slo_promtool_cases_catch_a_changed_objective(
+    tmp_path: Path, objectives: SloObjectives, alert: str
+) -> None:
+    """The burn-rate cases sit just around the thresholds: another objective fails them."""
+    spec = render_prometheus_rules(
+        namespace="pgplatform",
+        domains=TEST_DOMAINS,
+        cluster_name="pg",
+        thresholds=FIXED_THRESHOLDS,
+        runbook_base_url=RUNBOOK_BASE,
+        max_connections=100,
+        slos=dict.fromkeys(TEST_DOMAINS, objectives),
+    )
+    groups = [g for g in spec["groups"] if g["name"] in SLO_GROUPS]
+    write_yaml(tmp_path / "rules-slo.yaml", {"groups": groups})
+    shutil.copy(PROMTOOL_TESTS / "slo.yaml", tmp_path / "slo.yaml")
+    result = promtool("test", "rules", "slo.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert f'slo="{alert}"' in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("mode", POSTGRES_MODES)

@@ -26,6 +26,7 @@ from components.render.metrics_catalog import (
     parse_metric_list,
     undocumented,
 )
+from components.render.slo import RECORDED_NAMES, SloObjectives, recorded_names
 
 pytestmark = pytest.mark.unit
 
@@ -48,11 +49,16 @@ def render(**overrides: Any) -> dict[str, Any]:
         "postgres_mode": "cnpg",
         "expected_replicas": 2,
     } | overrides
+    args.setdefault("slos", dict.fromkeys(args["domains"], SLOS))
     return render_prometheus_rules(**args)
 
 
+SLOS = SloObjectives(availability=99.9, latency_p95_ms=250, window="30d")
+
+
 def rules_of(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [rule for group in spec["groups"] for rule in group["rules"]]
+    """The alerting rules of ``spec`` (recording rules have no alert name)."""
+    return [rule for group in spec["groups"] for rule in group["rules"] if "alert" in rule]
 
 
 def by_name(spec: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -242,9 +248,10 @@ def test_metric_list_rejects_garbage() -> None:
 @pytest.mark.parametrize("mode", ["cnpg", "external"])
 def test_every_metric_comes_from_a_documented_list(mode: PostgresMode) -> None:
     documented = load_documented_metrics(METRIC_LISTS)
-    used = frozenset().union(
-        *(metric_names(r["expr"]) for r in rules_of(render(postgres_mode=mode)))
-    )
+    spec = render(postgres_mode=mode)
+    every_rule = [rule for group in spec["groups"] for rule in group["rules"]]
+    used = frozenset().union(*(metric_names(r["expr"]) for r in every_rule))
+    assert used & RECORDED_NAMES <= recorded_names(spec["groups"])
     left = undocumented(used, documented, mode)
     if mode == "cnpg":
         assert not left, f"undocumented metrics: {sorted(left)}"
@@ -281,7 +288,7 @@ def promtool_cases() -> dict[str, dict[str, set[str]]]:
 
 def test_every_alert_has_a_firing_and_a_silent_promtool_case() -> None:
     cases = promtool_cases()
-    assert set(cases) == {"rules-cnpg.yaml", "rules-external.yaml"}
+    assert set(cases) == {"rules-cnpg.yaml", "rules-external.yaml", "rules-slo.yaml"}
     fires = set().union(*(c["fires"] for c in cases.values()))
     silent = set().union(*(c["silent"] for c in cases.values()))
     assert fires == set(ALERT_NAMES)
