@@ -30,6 +30,7 @@ from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack
 from components.render import durations, schedules
 from components.render.baseline import validate_cache_control
 from components.render.postgrest import validate_audience, validate_role_claim_key
+from components.render.slo import availability_problem, latency_problem, window_days
 
 if TYPE_CHECKING:
     from components.render.budget import BudgetInput
@@ -342,27 +343,19 @@ class ReplicaRange(_Model):
         return self
 
 
-def _availability(value: float) -> float:
-    from components.render.slo import availability_problem
+def _no_problem(check: Callable[[Any], str | None]) -> Callable[[Any], Any]:
+    """A validator from a builder's ``*_problem`` function (None = fine, else the message)."""
 
-    problem = availability_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
+    def validate(value: Any) -> Any:
+        problem = check(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
-
-def _latency_objective(value: int) -> int:
-    from components.render.slo import latency_problem
-
-    problem = latency_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
+    return validate
 
 
 def _slo_window(value: str) -> str:
-    from components.render.slo import window_days
-
     window_days(value)
     return value
 
@@ -371,9 +364,9 @@ class SloSettings(_Model):
     """A domain's service level objectives (burn-rate alerts and error budget)."""
 
     # Percent of responses that are not 5xx.
-    availability: Annotated[float, AfterValidator(_availability)]
+    availability: Annotated[float, AfterValidator(_no_problem(availability_problem))]
     # 95% of requests are answered within this many ms (an Envoy histogram bucket boundary).
-    latency_p95_ms: Annotated[int, AfterValidator(_latency_objective)]
+    latency_p95_ms: Annotated[int, AfterValidator(_no_problem(latency_problem))]
     window: Annotated[Duration, AfterValidator(_slo_window)]
 
 

@@ -60,24 +60,29 @@ SLO_GROUPS = ("pgplatform-slo", "pgplatform-slo-budget")
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h"}
 
 
-def fixed_rules(mode: PostgresMode, *, slos: bool = False) -> dict[str, Any]:
-    """The rules tests/promtool/*.yaml were written against."""
+def fixed_rules(
+    mode: PostgresMode,
+    *,
+    thresholds: AlertThresholds = FIXED_THRESHOLDS,
+    slos: dict[str, SloObjectives] | None = None,
+) -> dict[str, Any]:
+    """The rules tests/promtool/*.yaml were written against (or a variation of them)."""
     return render_prometheus_rules(
         namespace="pgplatform",
         domains=TEST_DOMAINS,
         cluster_name="pg",
-        thresholds=FIXED_THRESHOLDS,
+        thresholds=thresholds,
         runbook_base_url=RUNBOOK_BASE,
         max_connections=100,
         postgres_mode=mode,
         expected_replicas=2,
-        slos=FIXED_SLOS if slos else None,
+        slos=slos,
     )
 
 
-def fixed_slo_rules() -> dict[str, Any]:
+def slo_rules(slos: dict[str, SloObjectives] = FIXED_SLOS) -> dict[str, Any]:
     """Only the SLO groups (rules-slo.yaml): their days of input stay fast without the rest."""
-    spec = fixed_rules("cnpg", slos=True)
+    spec = fixed_rules("cnpg", slos=slos)
     groups = [g for g in spec["groups"] if g["name"] in SLO_GROUPS]
     assert len(groups) == len(SLO_GROUPS)
     return {"groups": groups}
@@ -122,7 +127,7 @@ def test_rendered_rules_pass_promtool_check(
 def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
     for mode in POSTGRES_MODES:
         write_yaml(tmp_path / f"rules-{mode}.yaml", fixed_rules(mode))
-    write_yaml(tmp_path / "rules-slo.yaml", fixed_slo_rules())
+    write_yaml(tmp_path / "rules-slo.yaml", slo_rules())
     test_files = sorted(PROMTOOL_TESTS.glob("*.yaml"))
     assert test_files, f"no promtool tests in {PROMTOOL_TESTS}"
     for source in test_files:
@@ -137,17 +142,7 @@ def test_promtool_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     looser = AlertThresholds(
         **{**FIXED_THRESHOLDS.__dict__, "db_connections_share": 0.95},
     )
-    spec = render_prometheus_rules(
-        namespace="pgplatform",
-        domains=TEST_DOMAINS,
-        cluster_name="pg",
-        thresholds=looser,
-        runbook_base_url=RUNBOOK_BASE,
-        max_connections=100,
-        postgres_mode="cnpg",
-        expected_replicas=2,
-    )
-    write_yaml(tmp_path / "rules-cnpg.yaml", spec)
+    write_yaml(tmp_path / "rules-cnpg.yaml", fixed_rules("cnpg", thresholds=looser))
     shutil.copy(PROMTOOL_TESTS / "alerts-cnpg.yaml", tmp_path / "alerts-cnpg.yaml")
     result = promtool("test", "rules", "alerts-cnpg.yaml", cwd=tmp_path)
     assert result.returncode != 0
@@ -165,17 +160,7 @@ def test_slo_promtool_cases_catch_a_changed_objective(
     tmp_path: Path, objectives: SloObjectives, alert: str
 ) -> None:
     """The burn-rate cases sit just around the thresholds: another objective fails them."""
-    spec = render_prometheus_rules(
-        namespace="pgplatform",
-        domains=TEST_DOMAINS,
-        cluster_name="pg",
-        thresholds=FIXED_THRESHOLDS,
-        runbook_base_url=RUNBOOK_BASE,
-        max_connections=100,
-        slos=dict.fromkeys(TEST_DOMAINS, objectives),
-    )
-    groups = [g for g in spec["groups"] if g["name"] in SLO_GROUPS]
-    write_yaml(tmp_path / "rules-slo.yaml", {"groups": groups})
+    write_yaml(tmp_path / "rules-slo.yaml", slo_rules(dict.fromkeys(TEST_DOMAINS, objectives)))
     shutil.copy(PROMTOOL_TESTS / "slo.yaml", tmp_path / "slo.yaml")
     result = promtool("test", "rules", "slo.yaml", cwd=tmp_path)
     assert result.returncode != 0
