@@ -193,15 +193,7 @@ def test_the_admin_cannot_do_the_superuser_part(stack: tuple[Rendered, PgCluster
     r, cluster = stack
     fresh_database(cluster, "bare")
     access_plan(r, cluster, "bare")
-    with psycopg.connect(
-        host=cluster.host,
-        port=cluster.port,
-        user=ADMIN,
-        password=ADMIN_PASSWORD,
-        dbname="bare",
-        sslmode="verify-full",
-        sslrootcert=str(cluster.ca_file),
-    ) as conn:
+    with cluster.connect_as(ADMIN, ADMIN_PASSWORD, dbname="bare", autocommit=False) as conn:
         guard = next(text for name, text in _bundle(r) if name == "040_rls_guard.sql")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="event trigger"):
             conn.execute(guard.encode())
@@ -246,16 +238,7 @@ def test_a_replaced_registry_is_never_read_as_superuser(stack: tuple[Rendered, P
     bootstrap(r, cluster, "swap")
     access_plan(r, cluster, "swap")
     assert run_job(r, cluster, "swap").returncode == 0
-    with psycopg.connect(
-        host=cluster.host,
-        port=cluster.port,
-        user=ADMIN,
-        password=ADMIN_PASSWORD,
-        dbname="swap",
-        sslmode="verify-full",
-        sslrootcert=str(cluster.ca_file),
-        autocommit=True,
-    ) as admin:
+    with cluster.connect_as(ADMIN, ADMIN_PASSWORD, dbname="swap") as admin:
         admin.execute("DROP TABLE platform.exposed_schema")
         admin.execute(
             f"CREATE FUNCTION platform.escalate() RETURNS SETOF name LANGUAGE plpgsql AS $$ "
@@ -295,16 +278,7 @@ def test_a_dropped_rls_guard_stops_the_job_and_shows_in_the_metric(
     access_plan(r, cluster, "unguarded")
     assert run_job(r, cluster, "unguarded").returncode == 0
     assert _guard_metric(cluster, "unguarded") == [("unguarded", 1)]
-    with psycopg.connect(
-        host=cluster.host,
-        port=cluster.port,
-        user=ADMIN,
-        password=ADMIN_PASSWORD,
-        dbname="unguarded",
-        sslmode="verify-full",
-        sslrootcert=str(cluster.ca_file),
-        autocommit=True,
-    ) as admin:
+    with cluster.connect_as(ADMIN, ADMIN_PASSWORD, dbname="unguarded") as admin:
         admin.execute("DROP FUNCTION platform.rls_guard() CASCADE")
     assert _guard_metric(cluster, "unguarded") == [("unguarded", 0)]
     result = run_job(r, cluster, "unguarded")
