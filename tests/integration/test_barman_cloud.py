@@ -39,6 +39,13 @@ from components import inputs
 from components.render import restore_check
 from components.settings import StackSettings, decode_config_value, parse_settings
 from tests.conftest import stack_config
+from tests.integration.alert_feed import (
+    AlertProbe,
+    RestoreCheckRun,
+    Series,
+    plugin_recovery_window,
+    restore_check_job_status,
+)
 from tests.integration.barman_cloud import (
     FIELDS,
     BarmanCloud,
@@ -57,6 +64,7 @@ from tests.integration.pg import (
     spawn_server,
     stop_server,
 )
+from tests.integration.rendered import rendered_rule_specs
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +83,31 @@ DATABASE = PROD.postgres.database
 CHECKED_SCHEMAS = inputs.restore_check_input(PROD).schemas  # type: ignore[union-attr]
 """What the restore check's query expects in the restored database (prod's schemas)."""
 SECRET_VALUES = {"ACCESS_KEY_ID": "local-access-key", "ACCESS_SECRET_KEY": "local-secret-key"}
+
+
+THRESHOLDS = PROD.observability.alerts
+
+
+def rendered_manifest(build: Path, kind: str, name: str) -> dict[str, Any]:
+    path = build / "manifests" / f"{kind.lower()}_{name}.yaml"
+    manifest: dict[str, Any] = yaml.safe_load(path.read_text())
+    assert manifest["kind"] == kind, path
+    return manifest
+
+
+def alert(build: Path, name: str, tmp_path: Path) -> AlertProbe:
+    """One of the prod stack's rendered alerts, evaluated by promtool in ``tmp_path``."""
+    workdir = tmp_path / name
+    workdir.mkdir(exist_ok=True)
+    return AlertProbe(rendered_rule_specs(build), name, workdir)
+
+
+def recovery_window(archive: Archive, build: Path) -> list[Series]:
+    """The plugin's metrics for the bucket's catalogue, labelled like the primary's scrape."""
+    cluster = rendered_manifest(build, "Cluster", SERVER)["metadata"]
+    return plugin_recovery_window(
+        archive.barman.backups(), namespace=cluster["namespace"], pod=f"{cluster['name']}-1"
+    )
 
 
 def rendered_object_store(build: Path) -> dict[str, Any]:
@@ -350,6 +383,23 @@ sys.exit(answer["code"])
 """
 
 
+def test_the_backup_age_alert_follows_the_catalogue(
+    archive: Archive, history: History, rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The plugin's metric for this bucket's catalogue, into the rendered alert: silent while
+    the real backup is younger than the limit, firing once it is older."""
+    build = rendered_stack("prod")
+    window = recovery_window(archive, build)
+    (last,) = [s.value for s in window if s.name.endswith("last_available_backup_timestamp")]
+    (backup,) = [b for b in archive.barman.backups() if b["backup_id"] == history.backup_id]
+    assert last == datetime.datetime.fromisoformat(backup["end_time_iso"]).timestamp()
+    too_old = alert(build, "PostgresBackupTooOld", tmp_path)
+    limit = THRESHOLDS.backup_age_hours * 3600
+    assert not too_old.firing(window, at=time.time())
+    assert not too_old.firing(window, at=last + limit - 1800)
+    assert too_old.firing(window, at=last + limit + 1800)
+
+
 class FakeCluster:
     """``kubectl`` for the restore-check script, where creating the recovery Cluster starts a
     ``RestoredServer`` from the latest backup instead (the only step replaced). The created
@@ -451,7 +501,7 @@ class FakeCluster:
 
 def run_restore_check(
     archive: Archive, build: Path, tmp_path: Path, *, timeout_seconds: int
-) -> tuple[subprocess.CompletedProcess[str], FakeCluster]:
+) -> tuple[subprocess.CompletedProcess[str], FakeCluster, RestoreCheckRun]:
     """The rendered CronJob's files, run by bash with only ``DIR`` and ``TIMEOUT`` localised."""
     (files_yaml,) = (
         p
@@ -471,6 +521,7 @@ def run_restore_check(
         (files / key).write_text(text)
     object_store = rendered_object_store(build)["metadata"]["name"]
     fake = FakeCluster(archive, object_store, tmp_path)
+    started = time.time()
     with fake:
         result = subprocess.run(
             [shutil.which("bash") or "/bin/bash", str(files / restore_check.SCRIPT_KEY)],
@@ -481,13 +532,20 @@ def run_restore_check(
             timeout=timeout_seconds + 300,
             check=False,
         )
-    return result, fake
+    return result, fake, RestoreCheckRun(started, time.time(), result.returncode)
+
+
+def restore_check_status(build: Path, run: RestoreCheckRun) -> list[Series]:
+    """kube-state-metrics' view of the CronJob (created a day before) and this run's Job."""
+    cronjob = rendered_manifest(build, "CronJob", f"{SERVER}-restore-check")
+    return restore_check_job_status(cronjob, run, created=run.started - 86400)
 
 
 def test_the_restore_check_script_proves_the_archive_restores(
     archive: Archive, history: History, rendered_stack: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    result, fake = run_restore_check(archive, rendered_stack("prod"), tmp_path, timeout_seconds=600)
+    build = rendered_stack("prod")
+    result, fake, run = run_restore_check(archive, build, tmp_path, timeout_seconds=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASSED" in result.stdout
     n = len(CHECKED_SCHEMAS)
@@ -495,6 +553,14 @@ def test_the_restore_check_script_proves_the_archive_restores(
     (manifest,) = fake.created
     assert manifest["metadata"]["name"] == f"{SERVER}-restored"
     assert fake.restored is None, "the recovery Cluster was deleted again"
+    # The alerts, fed with what kube-state-metrics reports for this Job: nothing fires now, and
+    # without another success the restore check is called stale once its age limit passes.
+    status = restore_check_status(build, run)
+    assert not alert(build, "RestoreVerificationFailed", tmp_path).firing(status, at=run.finished)
+    stale = alert(build, "RestoreVerificationStale", tmp_path)
+    limit = THRESHOLDS.restore_check_max_age_days * 86400
+    assert not stale.firing(status, at=run.finished + limit - 7200)
+    assert stale.firing(status, at=run.finished + limit + 7200)
 
 
 def test_the_restore_check_fails_when_a_wal_segment_is_missing(
@@ -508,19 +574,22 @@ def test_the_restore_check_fails_when_a_wal_segment_is_missing(
     client = archive.s3.client()
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     client.delete_object(Bucket=bucket, Key=key)
+    build = rendered_stack("prod")
     try:
-        result, fake = run_restore_check(
-            archive, rendered_stack("prod"), tmp_path, timeout_seconds=10
-        )
+        result, fake, run = run_restore_check(archive, build, tmp_path, timeout_seconds=10)
     finally:
         client.put_object(Bucket=bucket, Key=key, Body=body)
     assert result.returncode != 0
     assert "not ready after 10s" in result.stdout
     assert "FAILED" in result.stdout
     assert fake.restored is None, "the recovery Cluster was deleted again"
+    failed = alert(build, "RestoreVerificationFailed", tmp_path)
+    assert failed.firing(restore_check_status(build, run), at=run.finished + 600)
 
 
-def test_retention_keeps_what_the_recovery_window_needs(archive: Archive, history: History) -> None:
+def test_retention_keeps_what_the_recovery_window_needs(
+    archive: Archive, history: History, rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
     """Two backups made to look 50 and 40 days old: with the rendered 30-day window, recovery
     to 30 days ago starts from the 40-day one, so it stays; the 50-day one and the WAL only it
     needs go."""
@@ -546,6 +615,10 @@ def test_retention_keeps_what_the_recovery_window_needs(archive: Archive, histor
     # What is left still restores: the kept backup plus the WAL after it.
     with restored(archive, newer) as conn:
         assert phases(conn)["later"] == 10
+    # The newest backup left is 40 days old: the plugin's metric now makes the alert fire.
+    build = rendered_stack("prod")
+    too_old = alert(build, "PostgresBackupTooOld", tmp_path)
+    assert too_old.firing(recovery_window(archive, build), at=time.time())
 
 
 def age(archive: Archive, backup_id: str, when: datetime.datetime) -> None:

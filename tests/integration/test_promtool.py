@@ -10,13 +10,11 @@ them.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from components.render.alerts import (
     AlertThresholds,
@@ -27,8 +25,8 @@ from components.render.dashboards import dashboard_expressions, render_dashboard
 from components.render.metrics_catalog import POSTGRES_MODES, PostgresMode
 from components.render.slo import SloObjectives
 from tests.conftest import STACKS
+from tests.integration.alert_feed import promtool, write_yaml
 from tests.integration.rendered import rendered_dashboards, rendered_rule_specs
-from tests.tooling import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -86,18 +84,6 @@ def slo_rules(slos: dict[str, SloObjectives] = FIXED_SLOS) -> dict[str, Any]:
     groups = [g for g in spec["groups"] if g["name"] in SLO_GROUPS]
     assert len(groups) == len(SLO_GROUPS)
     return {"groups": groups}
-
-
-def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    binary = require_tool("promtool", "prometheus")
-    return subprocess.run(
-        [binary, *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
-    )
-
-
-def write_yaml(path: Path, data: Any) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False, width=1000))
-    return path
 
 
 @pytest.mark.parametrize("mode", POSTGRES_MODES)
