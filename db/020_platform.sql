@@ -11,6 +11,9 @@
 -- (SELECT platform.jwt_sub()), evaluated once per statement, so that costs nothing measurable
 -- (docs/database.md, bench/rls_overhead.py).
 
+-- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; docs/sql-lint.md)
+
 CREATE OR REPLACE FUNCTION platform.jwt_claims()
 RETURNS jsonb
 LANGUAGE sql
@@ -60,8 +63,9 @@ COMMENT ON FUNCTION platform.jwt_role() IS
 -- config, auth.groupRoles and auth.baseRole); the API roles read them in pre_request.
 CREATE TABLE IF NOT EXISTS platform.group_role (
     group_name text PRIMARY KEY CHECK (group_name <> ''),
-    role name NOT NULL,
-    priority integer NOT NULL
+    role       name NOT NULL,
+    -- squawk-ignore prefer-bigint-over-int
+    priority   integer NOT NULL -- a ranking among a handful of groups
 );
 
 COMMENT ON TABLE platform.group_role IS
@@ -69,7 +73,7 @@ COMMENT ON TABLE platform.group_role IS
 
 CREATE TABLE IF NOT EXISTS platform.group_base_role (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    role name NOT NULL
+    role      name NOT NULL
 );
 
 COMMENT ON TABLE platform.group_base_role IS
@@ -83,8 +87,8 @@ REVOKE ALL ON TABLE platform.group_role, platform.group_base_role FROM PUBLIC;
 -- role the request finally runs as, after any elevation by groups.
 CREATE TABLE IF NOT EXISTS platform.cache_control (
     schema_name name NOT NULL,
-    role name NOT NULL,
-    value text NOT NULL CHECK (value <> ''),
+    role        name NOT NULL,
+    value       text NOT NULL CHECK (value <> ''),
     PRIMARY KEY (schema_name, role)
 );
 

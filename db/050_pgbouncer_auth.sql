@@ -22,6 +22,10 @@
 -- 060_pgbouncer_auth_grants.sql. The owner could already reset an authenticator's password
 -- (CREATEROLE), so seeing those verifiers gives it nothing new.
 
+-- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; the bootstrap runs before any
+-- client connects; docs/sql-lint.md)
+
 CREATE OR REPLACE FUNCTION platform.pgbouncer_get_auth(p_usename text)
 RETURNS TABLE (usename name, passwd text)
 LANGUAGE sql

@@ -17,6 +17,9 @@
 -- Applied by the database owner (the admin role). It reads only catalogs, which every role may
 -- read, so it runs as the caller (no SECURITY DEFINER).
 
+-- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; docs/sql-lint.md)
+
 CREATE OR REPLACE FUNCTION platform.schema_version(VARIADIC schemas name[])
 RETURNS text
 LANGUAGE sql

@@ -51,6 +51,10 @@ RLS_GUARD_PRESENT: Final = (
     " AND n.nspname OPERATOR(pg_catalog.=) 'platform'"
     " AND p.proname OPERATOR(pg_catalog.=) 'rls_guard' AND r.rolsuper)"
 )
+# Timeouts of the baseline's one transaction (apply.psql): the baseline files rely on them
+# instead of setting their own (their squawk-ignore-file comments say so).
+BASELINE_LOCK_TIMEOUT: Final = "10s"
+BASELINE_STATEMENT_TIMEOUT: Final = "60s"
 # The baseline Job's psql script and the bootstrap ConfigMap key.
 APPLY_SCRIPT: Final = "apply.psql"
 BOOTSTRAP_KEY: Final = "superuser.sql"
@@ -377,8 +381,10 @@ def render_apply_script(
         "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
         "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
         "BEGIN;",
-        "-- Wait for locks held by the running APIs at most this long; the Job retries.",
-        "SET LOCAL lock_timeout = '10s';",
+        "-- Wait for locks held by the running APIs at most this long, and hold the locks taken",
+        "-- no longer than a statement may run; the Job retries.",
+        f"SET LOCAL lock_timeout = '{BASELINE_LOCK_TIMEOUT}';",
+        f"SET LOCAL statement_timeout = '{BASELINE_STATEMENT_TIMEOUT}';",
         "\\if :superuser_current",
         f"\\echo superuser part {version[:12]}: installed",
         "\\elif :is_superuser",
