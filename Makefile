@@ -4,7 +4,7 @@ VENV   := venv
 BIN    := $(VENV)/bin
 STACK  ?= staging
 
-.PHONY: setup render render-all render-preview test unit integration lint lint-workflows lint-dockerfile format typecheck bench bench-db bench-faults engine e2e apiserver apiserver-check clean
+.PHONY: setup render render-all render-preview test unit integration lint sql-lint sql-format lint-workflows lint-dockerfile format typecheck bench bench-db bench-faults engine e2e apiserver apiserver-check clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ lint-workflows: setup
 lint-dockerfile: setup
 	$(BIN)/hadolint --failure-threshold info components/graphql/Dockerfile
 
+# SQL lint (docs/sql-lint.md): squawk's migration-safety rules on db/, tests/fixtures/,
+# migrations/ and the rendered bundles; sqlfluff's format check on the hand-written SQL.
+sql-lint: render-all
+	$(BIN)/python -m tools.sql_lint
+
+# Rewrite the hand-written SQL in sqlfluff's layout, then lint it.
+sql-format: render-all
+	$(BIN)/python -m tools.sql_lint --fix
+
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -51,7 +60,7 @@ unit: setup
 integration: render-all
 	$(BIN)/pytest -m integration
 
-test: lint typecheck render-all
+test: lint typecheck render-all sql-lint
 	$(BIN)/pytest
 
 bench: setup
