@@ -87,6 +87,8 @@ engine:
 
 # The local stack deployed for real with that engine (tests/e2e): preview with the policy pack,
 # up, a second preview that must be a no-op, a new domain, destroy. Output under build/e2e/.
+# With the `make apiserver` cache, its Kubernetes objects are also applied to a real API server
+# (create, in-place update, replace, destroy: tests/e2e/test_kubernetes.py); skipped without it.
 e2e: setup
 	$(BIN)/pytest -m e2e tests/e2e -v
 

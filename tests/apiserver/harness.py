@@ -33,20 +33,27 @@ START_TIMEOUT = 180.0
 on a loaded 2-core machine)."""
 
 
-def binaries() -> Path:
-    """The complete build cache's ``bin``; fails in CI, skips elsewhere, when it is not built."""
+def built_binaries() -> tuple[Path | None, str]:
+    """The complete build cache's ``bin``, or None and the reason it is missing."""
     result = subprocess.run(
         ["bash", str(BUILD_SCRIPT), "--path"], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        message = (
+        return None, (
             "kube-apiserver, etcd and kubectl are not built: run `make apiserver` "
             f"(tools/apiserver/build.sh; {result.stderr.strip()})"
         )
+    return Path(result.stdout.strip().splitlines()[-1]) / "bin", ""
+
+
+def binaries() -> Path:
+    """The complete build cache's ``bin``; fails in CI, skips elsewhere, when it is not built."""
+    found, reason = built_binaries()
+    if found is None:
         if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return Path(result.stdout.strip().splitlines()[-1]) / "bin"
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -120,6 +127,12 @@ class ApiServer:
         """``kubectl get ... -o json`` parsed."""
         data: dict[str, Any] = json.loads(self.ok("get", *args, "-o", "json"))
         return data
+
+    def install(self, crds: Path, namespace: str, *, field_manager: str) -> None:
+        """What a cluster holds before the platform: every CRD (Established), the namespace."""
+        self.ok("apply", "--server-side", f"--field-manager={field_manager}", "-f", str(crds))
+        self.ok("wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
+        self.ok("create", "namespace", namespace)
 
 
 def _wait_ready(

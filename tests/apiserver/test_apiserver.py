@@ -74,11 +74,7 @@ def apiserver() -> Iterator[ApiServer]:
     """The API server with every shared CRD established and the stacks' namespace created."""
     bin_dir = binaries()
     with running_apiserver(bin_dir) as server:
-        server.ok(
-            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", str(crd_dir())
-        )
-        server.ok("wait", "--for=condition=Established", "--timeout=120s", "crd", "--all")
-        server.ok("create", "namespace", NAMESPACE)
+        server.install(crd_dir(), NAMESPACE, field_manager=FIELD_MANAGER)
         yield server
 
 

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -24,14 +29,20 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from tests.integration.pg import free_port
+from tests.integration.pg import PgCluster, free_port, running_cluster
 from tests.tooling import in_ci
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 E2E_DIR: Final = ROOT / "build" / "e2e"
 STACK: Final = "local"
 BUILD_SCRIPT: Final = ROOT / "tools" / "engine" / "build.sh"
-PROJECT_LINKS: Final = ("__main__.py", "components", "policy", "venv")
+PROJECT_LINKS: Final = ("components", "policy", "venv")
+DATABASE: Final = "app"
+ADMIN: Final = "pgplatform_admin"
+KV_MOUNT: Final = "kv"
+K8S_AUTH: Final = "kubernetes"
+AUTONAME_SUFFIX: Final = re.compile(r"-[0-9a-f]{8}$")
+"""The random suffix the engine (and the mocks) append to an auto-named object."""
 
 
 def engine_bin() -> Path:
@@ -176,9 +187,12 @@ class OpenBao:
 
 
 class Project:
-    """A scratch project directory: the program by symlink, the stack file written per run."""
+    """A scratch project directory: the program by symlink, the stack file written per run.
 
-    def __init__(self, directory: Path) -> None:
+    ``main`` is the entry point linked as ``__main__.py`` (the program's own by default).
+    """
+
+    def __init__(self, directory: Path, *, main: Path = ROOT / "__main__.py") -> None:
         self.directory = directory
         if directory.exists():
             shutil.rmtree(directory)
@@ -186,6 +200,7 @@ class Project:
         shutil.copy(ROOT / "Pulumi.yaml", directory / "Pulumi.yaml")
         for name in PROJECT_LINKS:
             (directory / name).symlink_to(ROOT / name)
+        (directory / "__main__.py").symlink_to(main)
         self.stack_file = directory / f"Pulumi.{STACK}.yaml"
 
     def write_config(self, values: dict[str, Any]) -> None:
@@ -239,3 +254,85 @@ class Pulumi:
 
     def stack(self, name: str, *args: str, timeout: float = 1800) -> str:
         return self(name, *args, "--stack", STACK, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Services:
+    """The external database and Vault a ``local`` stack deploys to."""
+
+    db: PgCluster
+    bao: OpenBao
+    admin_password: str
+
+
+@contextmanager
+def running_services(workdir: Path) -> Iterator[Services]:
+    """PostgreSQL 15 (TLS only) with a managed service's admin role, and OpenBao; stopped after."""
+    admin_password = "admin-" + secrets.token_hex(16)
+    with (
+        running_cluster(tls_only=True) as db,
+        OpenBao(workdir / "openbao", kv_mount=KV_MOUNT, kubernetes_auth_path=K8S_AUTH) as bao,
+    ):
+        with db.connect() as conn:
+            # A managed service's admin: creates roles, owns the database, is no superuser.
+            conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{admin_password}'")
+        with db.connect() as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE} OWNER {ADMIN}")
+        yield Services(db, bao, admin_password)
+
+
+def local_config(services: Services) -> dict[str, Any]:
+    """The per-run values of Pulumi.local.yaml: database port, its CA, OpenBao's address."""
+    postgres = yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())["config"][
+        "pgplatform:postgres"
+    ]
+    return {
+        "pgplatform:postgres": {
+            **postgres,
+            "port": services.db.port,
+            # The provider verifies the server certificate against the test CA.
+            "providerCaFile": str(services.db.ca_file),
+        },
+        "vault:address": services.bao.address,
+    }
+
+
+def init_stack(
+    engine: Path, project: Project, workdir: Path, services: Services, config: dict[str, Any]
+) -> Pulumi:
+    """Write the stack file, create the stack, set its secrets; the CLI bound to it."""
+    project.write_config({**local_config(services), **config})
+    pulumi = Pulumi(engine, project, workdir, {})
+    pulumi("stack-init", "stack", "init", STACK)
+    pulumi.stack(
+        "secret-admin",
+        "config",
+        "set",
+        "--secret",
+        "pgplatform:postgresAdminPassword",
+        services.admin_password,
+    )
+    pulumi.stack("secret-vault", "config", "set", "--secret", "vault:token", services.bao.token)
+    return pulumi
+
+
+def offline_render(project: Project, out: Path) -> Path:
+    """The offline (mocked) render of the same stack file: the reference for the real one."""
+    argv = [sys.executable, "-m", "tools.render", "--stack", STACK]
+    argv += ["--config", str(project.stack_file), "--out", str(out)]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def manifests_by_key(directory: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every object under ``directory`` by (apiVersion, kind, name without an auto-name suffix)."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in sorted(directory.rglob("*.y*ml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                name = AUTONAME_SUFFIX.sub("", str((document.get("metadata") or {}).get("name")))
+                key = (document["apiVersion"], document["kind"], name)
+                assert key not in out, f"{key} written twice"
+                out[key] = document
+    return out

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +27,27 @@ import pytest
 import yaml
 
 from tests.e2e import catalog
-from tests.e2e.harness import E2E_DIR, ROOT, STACK, OpenBao, Project, Pulumi, engine_bin
+from tests.e2e.harness import (
+    ADMIN,
+    DATABASE,
+    E2E_DIR,
+    K8S_AUTH,
+    KV_MOUNT,
+    OpenBao,
+    Project,
+    Pulumi,
+    engine_bin,
+    init_stack,
+    manifests_by_key,
+    offline_render,
+    running_services,
+)
 from tests.integration.pg import PgCluster, running_cluster
 from tests.integration.test_manifests import _kubernetes_validate, validation_errors
 from tools.render import REDACTED
 
 pytestmark = pytest.mark.e2e
 
-DATABASE: Final = "app"
-ADMIN: Final = "pgplatform_admin"
-KV_MOUNT: Final = "kv"
-K8S_AUTH: Final = "kubernetes"
 NEW_DOMAIN: Final = "billing"
 
 
@@ -55,15 +63,6 @@ class Deployment:
     preview: str
 
 
-def _offline_render(project: Project, out: Path) -> Path:
-    """The offline (mocked) render of the same stack file: the reference for the real one."""
-    argv = [sys.executable, "-m", "tools.render", "--stack", STACK]
-    argv += ["--config", str(project.stack_file), "--out", str(out)]
-    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
-
-
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
     engine = engine_bin()
@@ -72,55 +71,35 @@ def deployment() -> Iterator[Deployment]:
         path = E2E_DIR / stale
         if path.exists():
             subprocess.run(["rm", "-rf", str(path)], check=True)
-    admin_password = "admin-" + secrets.token_hex(16)
-    with (
-        running_cluster(tls_only=True) as db,
-        OpenBao(E2E_DIR / "openbao", kv_mount=KV_MOUNT, kubernetes_auth_path=K8S_AUTH) as bao,
-    ):
-        with db.connect() as conn:
-            # A managed service's admin: creates roles, owns the database, is no superuser.
-            conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{admin_password}'")
-        with db.connect() as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE} OWNER {ADMIN}")
+    with running_services(E2E_DIR) as services:
         project = Project(E2E_DIR / "project")
         manifests = E2E_DIR / "manifests"
-        project.write_config(
-            {
-                "pgplatform:postgres": {
-                    **project_config_value("pgplatform:postgres"),
-                    "port": db.port,
-                    # The provider verifies the server certificate against the test CA.
-                    "providerCaFile": str(db.ca_file),
-                },
-                "pgplatform:gitops": {"renderDirectory": str(manifests)},
-                "vault:address": bao.address,
-            }
+        pulumi = init_stack(
+            engine,
+            project,
+            E2E_DIR,
+            services,
+            {"pgplatform:gitops": {"renderDirectory": str(manifests)}},
         )
-        pulumi = Pulumi(engine, project, E2E_DIR, {})
-        pulumi("stack-init", "stack", "init", STACK)
-        pulumi.stack(
-            "secret-admin",
-            "config",
-            "set",
-            "--secret",
-            "pgplatform:postgresAdminPassword",
-            admin_password,
-        )
-        pulumi.stack("secret-vault", "config", "set", "--secret", "vault:token", bao.token)
-        offline = _offline_render(project, E2E_DIR / "offline")
+        offline = offline_render(project, E2E_DIR / "offline")
         preview = pulumi.stack("preview", "preview", "--policy-pack", "policy", "--diff")
         (E2E_DIR / "preview.txt").write_text(preview)
         pulumi.stack("up", "up", "--yes", "--skip-preview", "--policy-pack", "policy")
-        deployed = Deployment(pulumi, project, db, bao, admin_password, manifests, offline, preview)
+        deployed = Deployment(
+            pulumi,
+            project,
+            services.db,
+            services.bao,
+            services.admin_password,
+            manifests,
+            offline,
+            preview,
+        )
         try:
             yield deployed
         finally:
             if not (E2E_DIR / "destroyed").exists():
                 pulumi.stack("cleanup-destroy", "destroy", "--yes", "--skip-preview")
-
-
-def project_config_value(key: str) -> dict[str, Any]:
-    return dict(yaml.safe_load((ROOT / f"Pulumi.{STACK}.yaml").read_text())["config"][key])
 
 
 def _reference_snapshot(sql_dir: Path) -> catalog.Snapshot:
@@ -213,26 +192,9 @@ def test_every_vault_policy_grants_exactly_its_own_secret(deployment: Deployment
             assert caps[path] == (["read"] if path == own else ["deny"]), (role, path)
 
 
-AUTONAME_SUFFIX: Final = re.compile(r"-[0-9a-f]{8}$")
-"""The random suffix the engine (and the mocks) append to an auto-named object."""
-
-
-def _manifests(directory: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Every object under ``directory`` by (apiVersion, kind, name without an auto-name suffix)."""
-    out: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for path in sorted(directory.rglob("*.y*ml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                name = AUTONAME_SUFFIX.sub("", str((document.get("metadata") or {}).get("name")))
-                key = (document["apiVersion"], document["kind"], name)
-                assert key not in out, f"{key} written twice"
-                out[key] = document
-    return out
-
-
 def test_rendered_manifests_pass_the_strict_schemas(deployment: Deployment) -> None:
     kv = _kubernetes_validate()
-    documents = _manifests(deployment.manifests)
+    documents = manifests_by_key(deployment.manifests)
     assert documents, f"no manifests under {deployment.manifests}"
     problems = [
         f"{key}: {problem}"
@@ -299,8 +261,8 @@ def _pod_templates(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_rendered_manifests_equal_the_offline_render(deployment: Deployment) -> None:
-    real = _manifests(deployment.manifests)
-    offline = _manifests(deployment.offline / "manifests")
+    real = manifests_by_key(deployment.manifests)
+    offline = manifests_by_key(deployment.offline / "manifests")
     assert sorted(real) == sorted(offline)
     report = []
     for key in sorted(real):
@@ -338,7 +300,7 @@ def test_a_new_domain_is_previewed_and_applied(deployment: Deployment) -> None:
             (NEW_DOMAIN,),
         ).fetchone()
     assert owner is not None, f"schema {NEW_DOMAIN} not created"
-    offline = _offline_render(project, E2E_DIR / "offline-domain")
+    offline = offline_render(project, E2E_DIR / "offline-domain")
     expected = _reference_snapshot(offline / "sql")
     assert catalog.differences(_deployed_snapshot(deployment), expected) == []
     deployment.pulumi.stack("preview-domain-again", "preview", "--expect-no-changes")
