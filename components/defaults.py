@@ -50,6 +50,8 @@ _COMMON: Final[dict[str, Any]] = {
         "resources": _RESOURCES_SMALL,
     },
     "gitops": {},
+    # Schema and privilege changes in the server log, in every environment.
+    "audit": {"pgauditLog": ["ddl", "role"]},
 }
 
 _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {

@@ -18,6 +18,7 @@ from components.render.access import (
     build_access_plan,
 )
 from components.render.alerts import AlertThresholds
+from components.render.audit import pgaudit_parameters
 from components.render.baseline import CacheControl, GroupRoles
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
@@ -77,6 +78,7 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
         resources=pg.resources.model_dump(),
         image=pg.image,
         backup=backup_store(s),
+        audit_parameters=tuple(pgaudit_parameters(s.audit.pgaudit_log).items()),
     )
 
 

@@ -587,6 +587,14 @@ class AuthSettings(_Model):
     )
 
 
+class AuditSettings(_Model):
+    """pgaudit's statement classes in the server log (docs/audit.md)."""
+
+    pgaudit_log: list[Literal["read", "write", "function", "role", "ddl", "misc", "misc_set"]] = (
+        Field(min_length=1)
+    )
+
+
 class StackSettings(_Model):
     """The validated configuration of one stack."""
 
@@ -607,6 +615,7 @@ class StackSettings(_Model):
     backup: BackupSettings
     graphql: GraphqlSettings
     gitops: GitopsSettings
+    audit: AuditSettings
     # Keep the Cluster, ObjectStore, Vault KV entries and schemas from deletion (protection.py).
     protect_data: bool
     postgres_admin_password: SecretStr | None = None
@@ -990,7 +999,24 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _graphql_checks(s)
         + _pgbouncer_checks(s)
         + _budget_checks(s)
+        + _audit_checks(s)
     )
+
+
+def _audit_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Prod records every schema and role change in pgaudit's log."""
+    from components.render.audit import REQUIRED_IN_PROD
+
+    missing = [name for name in REQUIRED_IN_PROD if name not in s.audit.pgaudit_log]
+    if s.environment != "prod" or not missing:
+        return []
+    return [
+        _problem(
+            "audit.pgauditLog",
+            f"prod must log the pgaudit classes {list(REQUIRED_IN_PROD)}; missing {missing}",
+            ", ".join(s.audit.pgaudit_log),
+        )
+    ]
 
 
 def _pgbouncer_checks(s: StackSettings) -> list[ConfigProblem]:

@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS audit.log (
     at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
     schema_name name NOT NULL,
     table_name  name NOT NULL,
-    op          text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+    op          text NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'DDL')),
     old_row     jsonb,
     new_row     jsonb,
     sub         text,
@@ -27,7 +27,23 @@ CREATE TABLE IF NOT EXISTS audit.log (
 );
 
 COMMENT ON TABLE audit.log IS
-    'One row per audited row change (TRUNCATE: per statement). sub: JWT subject; role: the API role of the request.';
+    'One row per audited row change (TRUNCATE: per statement) and per DDL command (op DDL). sub: JWT subject; role: the role of the request.';
+
+-- Logs created before DDL was recorded allow only the row operations: widen the check. NOT VALID
+-- skips the scan (every existing row passes the narrower old check) and still binds new rows.
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_catalog.pg_constraint c
+        WHERE c.conrelid = 'audit.log'::regclass AND c.conname = 'log_op_check'
+            AND pg_catalog.pg_get_constraintdef(c.oid) LIKE '%''DDL''%'
+    ) THEN
+        ALTER TABLE audit.log DROP CONSTRAINT IF EXISTS log_op_check;
+        ALTER TABLE audit.log ADD CONSTRAINT log_op_check
+            CHECK (op IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE', 'DDL')) NOT VALID;
+    END IF;
+END
+$$;
 
 -- Built with the (then empty) table inside the baseline's one transaction, where CONCURRENTLY
 -- cannot run. Later runs find them, but still hold a SHARE lock on audit.log (blocking audited
@@ -54,7 +70,14 @@ BEGIN
             JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
             WHERE c.oid = target AND a.grantee <> c.relowner
         LOOP
-            EXECUTE format('REVOKE ALL ON %s FROM %I', target, grantee);
+            IF target = 'audit.log'::regclass AND grantee = 'pgplatform_audit_writer' THEN
+                -- The writer keeps INSERT: each REVOKE here is DDL that it records (041).
+                EXECUTE format(
+                    'REVOKE SELECT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON %s FROM %I',
+                    target, grantee);
+            ELSE
+                EXECUTE format('REVOKE ALL ON %s FROM %I', target, grantee);
+            END IF;
         END LOOP;
     END LOOP;
 END
@@ -86,12 +109,64 @@ BEGIN
 END
 $$;
 
+-- DDL rows, written for the event triggers of db/041_audit_ddl.sql (via platform.audit_ddl()).
+-- pg_event_trigger_ddl_commands() and pg_event_trigger_dropped_objects() fail outside an event
+-- trigger, so a direct call cannot forge a row. No statement text: it can carry secrets
+-- (CREATE USER MAPPING ... OPTIONS (password ...)); only pgaudit logs it, to the server log.
+CREATE OR REPLACE FUNCTION audit.record_ddl(event text, tag text)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    requester name := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
+BEGIN
+    IF event = 'sql_drop' THEN
+        INSERT INTO audit.log (schema_name, table_name, op, old_row, sub, role)
+        SELECT
+            coalesce(d.schema_name, ''),
+            CASE WHEN d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                THEN coalesce(d.object_name, '') ELSE '' END,
+            'DDL',
+            pg_catalog.jsonb_build_object(
+                'command_tag', tag, 'object_type', d.object_type,
+                'object_identity', d.object_identity, 'original', d.original),
+            platform.jwt_sub(),
+            requester
+        FROM pg_catalog.pg_event_trigger_dropped_objects() d
+        -- What the command named and what CASCADE took with it; not a table's row type or index.
+        WHERE NOT d.is_temporary AND (d.original OR d.normal);
+    ELSE
+        INSERT INTO audit.log (schema_name, table_name, op, new_row, sub, role)
+        SELECT
+            coalesce(c.schema_name, ''),
+            coalesce((SELECT r.relname FROM pg_catalog.pg_class r
+                      WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND r.oid = c.objid), ''),
+            'DDL',
+            pg_catalog.jsonb_build_object(
+                'command_tag', c.command_tag, 'object_type', c.object_type,
+                'object_identity', c.object_identity, 'in_extension', c.in_extension),
+            platform.jwt_sub(),
+            requester
+        FROM pg_catalog.pg_event_trigger_ddl_commands() c
+        WHERE c.schema_name IS NULL OR c.schema_name NOT LIKE 'pg\_temp%';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION audit.record_ddl(text, text) IS
+    'Writes the DDL commands (or dropped objects) of the running event trigger into audit.log.';
+
 COMMENT ON FUNCTION audit.record() IS
     'AFTER trigger writing audit.log; attach with platform.enable_audit(regclass).';
 
 -- Attaching a trigger needs EXECUTE on its function: only the schema owner (and superusers)
 -- may attach audit.record(); firing it needs no privilege of the writer.
 REVOKE ALL ON FUNCTION audit.record() FROM PUBLIC;
+-- Whoever runs DDL calls it (through the superuser's dispatcher); outside an event trigger it fails.
+REVOKE ALL ON FUNCTION audit.record_ddl(text, text) FROM PUBLIC;
 
 -- Hand the function to the audit writer. Changing an owner needs membership in the new owner
 -- (the admin grants it to itself with CREATEROLE; the writer holds nothing the admin lacks) and
@@ -107,6 +182,7 @@ END
 $$;
 GRANT CREATE ON SCHEMA audit TO pgplatform_audit_writer;
 ALTER FUNCTION audit.record() OWNER TO pgplatform_audit_writer;
+ALTER FUNCTION audit.record_ddl(text, text) OWNER TO pgplatform_audit_writer;
 REVOKE CREATE ON SCHEMA audit FROM pgplatform_audit_writer;
 
 -- Runs as the caller, so it can only add auditing to tables the caller may put triggers on.

@@ -215,6 +215,8 @@ class ClusterInput:
     post_init_application_sql: tuple[str, str] | None = None
     """(ConfigMap, key) of SQL run once as superuser in the new application database
     (``postInitApplicationSQLRefs``): the superuser part of the platform baseline."""
+    audit_parameters: tuple[tuple[str, str], ...] = ()
+    """``pgaudit.*`` parameters (components/render/audit.py); the operator loads pgaudit."""
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -261,6 +263,7 @@ def _postgresql(inp: ClusterInput) -> dict[str, Any]:
             "pg_stat_statements.track": "all",
             "log_min_duration_statement": "1000",
             "ssl_min_protocol_version": "TLSv1.2",
+            **dict(inp.audit_parameters),
         },
         # Only TLS and SCRAM: no md5, no trust, no plain-text host lines.
         "pg_hba": ["hostssl all all all scram-sha-256"],

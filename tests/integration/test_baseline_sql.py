@@ -125,9 +125,14 @@ def rls_flags(conn: Conn, table: str) -> tuple[bool, bool]:
 
 # -- applying ------------------------------------------------------------------------------------
 def test_second_apply_converges(admin: Conn) -> None:
-    """Applied twice (in the fixture): one guard, one pair of audit triggers, exact registry."""
-    guards = admin.execute("SELECT evtname, evtenabled, evttags FROM pg_event_trigger").fetchall()
+    """Applied twice (in the fixture): one guard, one DDL audit pair, one pair of audit triggers,
+    exact registry."""
+    guards = admin.execute(
+        "SELECT evtname, evtenabled, evttags FROM pg_event_trigger ORDER BY evtname"
+    ).fetchall()
     assert guards == [
+        ("platform_audit_ddl", "O", None),
+        ("platform_audit_drop", "O", None),
         ("platform_rls_guard", "O", ["CREATE TABLE", "CREATE TABLE AS", "SELECT INTO",
                                      "ALTER TABLE", "CREATE SCHEMA", "CREATE MATERIALIZED VIEW",
                                      "ALTER MATERIALIZED VIEW"]),

@@ -58,7 +58,7 @@ def functions() -> list[tuple[str, str, str, str]]:
 def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
     assert names == ["020_platform.sql", "030_audit.sql", "040_rls_guard.sql",
-                     "045_database_reach.sql", "050_pgbouncer_auth.sql",
+                     "041_audit_ddl.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql",
                      "060_pgbouncer_auth_grants.sql", "070_schema_version.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
     assert [name for name, _ in stack_sql_files(["content"])] == [
@@ -89,6 +89,8 @@ def test_security_definer_functions_pin_search_path() -> None:
     definers = [(f, n, h) for f, n, _, h in functions() if "SECURITY DEFINER" in h]
     assert {n for _, n, _ in definers} == {
         "audit.record",
+        "audit.record_ddl",
+        "platform.audit_ddl",
         "platform.enforce_rls",
         "platform.rls_guard",
         "platform.pgbouncer_get_auth",
@@ -178,7 +180,12 @@ def _code(text: str) -> str:
 def test_superuser_statements_live_only_in_marked_files() -> None:
     """Everything a non-superuser admin cannot run is in a file the Job does not run as admin."""
     marked = {name for name, text in baseline_sql_files() if is_superuser_file(text)}
-    assert marked == {"040_rls_guard.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql"}
+    assert marked == {
+        "040_rls_guard.sql",
+        "041_audit_ddl.sql",
+        "045_database_reach.sql",
+        "050_pgbouncer_auth.sql",
+    }
     for name, text in admin_sql_files(["content"]):
         # audit.record() is SECURITY DEFINER too, but owned by the admin, who owns audit.log.
         found = set(_SUPERUSER_ONLY.findall(_code(text)))
