@@ -121,7 +121,8 @@ def test_owner_code_in_the_audit_trigger_gets_no_extra_rights(
 
 def test_every_security_definer_function_is_owned_for_its_purpose(admin: Conn) -> None:
     """Superuser-owned only where a superuser is needed (pg_authid, event trigger, any table's
-    RLS); the audit trigger function, which runs owner code, by the audit writer."""
+    RLS); the audit writers, which run owner code or live in the owner's schema, by the audit
+    writer."""
     owners = dict(
         admin.execute(
             "SELECT p.oid::regprocedure::text, pg_get_userbyid(p.proowner) FROM pg_proc p "
@@ -131,6 +132,8 @@ def test_every_security_definer_function_is_owned_for_its_purpose(admin: Conn) -
     )
     assert owners == {
         "audit.record()": "pgplatform_audit_writer",
+        "audit.record_ddl(text,text)": "pgplatform_audit_writer",
+        "platform.audit_ddl()": "postgres",
         "platform.enforce_rls(regclass)": "postgres",
         "platform.rls_guard()": "postgres",
         "platform.pgbouncer_get_auth(text)": "postgres",
