@@ -66,6 +66,15 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
             "port": 5432,
             "adminUser": "pgplatform_admin",
             "sslmode": "require",
+            # Slow plans with row counts from 250 ms on: staging is where plans get read.
+            "queryInsights": {
+                "statementsMax": 10000,
+                "statementsTrack": "all",
+                "autoExplainMinDuration": "250ms",
+                "autoExplainAnalyze": True,
+                "autoExplainSampleRate": 1.0,
+                "qualstats": False,
+            },
             "resources": {
                 "requests": {"cpu": "500m", "memory": "1Gi"},
                 "limits": {"cpu": "2", "memory": "2Gi"},
@@ -125,6 +134,15 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
             "sslmode": "verify-full",
             # Written by the deploy job from the Cluster's CA Secret (docs/database.md).
             "providerCaFile": "ca/postgres-ca.crt",
+            # Plans of statements over 1 s, without instrumenting every statement's execution.
+            "queryInsights": {
+                "statementsMax": 10000,
+                "statementsTrack": "all",
+                "autoExplainMinDuration": "1s",
+                "autoExplainAnalyze": False,
+                "autoExplainSampleRate": 1.0,
+                "qualstats": False,
+            },
             "resources": {
                 "requests": {"cpu": "2", "memory": "4Gi"},
                 "limits": {"cpu": "4", "memory": "8Gi"},

@@ -26,7 +26,12 @@ from components.render.graphql_workload import NetworkInput, RouteInput
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
 from components.render.postgraphile import PostgraphileInput
-from components.render.postgres_cluster import ClusterInput, ObjectStoreInput, object_store_name
+from components.render.postgres_cluster import (
+    ClusterInput,
+    ObjectStoreInput,
+    QueryInsights,
+    object_store_name,
+)
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
 from components.render.slo import SloObjectives
@@ -67,6 +72,7 @@ def access_plan(s: StackSettings) -> AccessPlan:
 
 def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
     pg = s.postgres
+    qi = pg.query_insights
     return ClusterInput(
         instances=pg.instances,
         storage_size=pg.storage_size,
@@ -79,6 +85,14 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
         image=pg.image,
         backup=backup_store(s),
         audit_parameters=tuple(pgaudit_parameters(s.audit.pgaudit_log).items()),
+        query_insights=QueryInsights(
+            statements_max=qi.statements_max,
+            statements_track=qi.statements_track,
+            auto_explain_min_duration_ms=duration_ms(qi.auto_explain_min_duration),
+            auto_explain_analyze=qi.auto_explain_analyze,
+            auto_explain_sample_rate=qi.auto_explain_sample_rate,
+            qualstats=qi.qualstats,
+        ),
     )
 
 

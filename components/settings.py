@@ -538,6 +538,17 @@ class RoleSettings(_Model):
     statement_timeout: StatementTimeouts
 
 
+class QueryInsightSettings(_Model):
+    """pg_stat_statements and auto_explain on the CloudNativePG cluster (docs/advisor.md)."""
+
+    statements_max: int = Field(ge=100, le=1_000_000)
+    statements_track: Literal["top", "all"]
+    auto_explain_min_duration: Duration
+    auto_explain_analyze: bool
+    auto_explain_sample_rate: float = Field(gt=0, le=1)
+    qualstats: bool
+
+
 class PostgresSettings(_Model):
     mode: Literal["cnpg", "external"]
     instances: int = Field(ge=1, le=9)
@@ -550,6 +561,7 @@ class PostgresSettings(_Model):
     sslmode: Literal["disable", "require", "verify-ca", "verify-full"]
     resources: ResourceSettings
     image: PinnedImage
+    query_insights: QueryInsightSettings
     host: DbHost | None = None
     ro_host: DbHost | None = None
     ca_secret: SecretName | None = None
@@ -770,6 +782,14 @@ def _postgres_checks(s: StackSettings) -> list[ConfigProblem]:
             )
         )
     problems += _provider_ca_checks(s)
+    if s.postgres.query_insights.qualstats:
+        from components.render.postgres_cluster import qualstats_problem
+
+        problem = qualstats_problem(s.postgres.image)
+        if s.postgres.mode == "external":
+            problem = "mode 'external': the provider's server settings decide what it preloads"
+        if problem:
+            problems.append(_problem("postgres.queryInsights.qualstats", problem, True))
     if s.postgres.mode == "external":
         if s.postgres_admin_password is None:
             problems.append(

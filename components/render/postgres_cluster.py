@@ -81,6 +81,74 @@ def backup_method_problem(method: str, image: str) -> str | None:
     return None
 
 
+ADVISOR_EXTENSIONS: Final = ("hypopg", "pg_qualstats", "plpgsql_check")
+"""Extensions the advisor uses (docs/advisor.md) that CloudNativePG's images do not ship."""
+
+
+def qualstats_problem(image: str) -> str | None:
+    """Why ``image`` cannot preload pg_qualstats; None when it may.
+
+    A server told to preload a library it does not have refuses to start. CloudNativePG's own
+    images (any flavour) lack pg_qualstats; an image whose tag names no flavour (a custom build,
+    docs/advisor.md) is the operator's to vouch for.
+    """
+    flavour = image_flavour(image)
+    if flavour is None:
+        return None
+    return (
+        f"the {flavour!r} image {image!r} has no pg_qualstats and would not start with it "
+        "preloaded: build an image with postgresql-15-pg-qualstats (docs/advisor.md) and set "
+        "postgres.image to it, or turn qualstats off"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueryInsights:
+    """Statement statistics and slow-plan logging (``pg_stat_statements``, ``auto_explain``).
+
+    auto_explain logs the plan of every statement slower than ``auto_explain_min_duration_ms``;
+    with ``auto_explain_analyze`` the plan carries actual row counts and buffers (timing stays
+    off: row counts cost little, per-node clocks do).
+    """
+
+    statements_max: int = 10_000
+    statements_track: str = "all"
+    auto_explain_min_duration_ms: int = 1000
+    auto_explain_analyze: bool = False
+    auto_explain_sample_rate: float = 1.0
+    qualstats: bool = False
+
+    def __post_init__(self) -> None:
+        if not 100 <= self.statements_max <= 1_000_000:
+            raise ValueError(f"statements_max: 100..1000000, got {self.statements_max}")
+        if self.statements_track not in ("top", "all"):
+            raise ValueError(f"statements_track: 'top' or 'all', got {self.statements_track!r}")
+        if self.auto_explain_min_duration_ms < 0:
+            raise ValueError("auto_explain_min_duration_ms: must be >= 0")
+        if not 0 < self.auto_explain_sample_rate <= 1:
+            raise ValueError(
+                f"auto_explain_sample_rate: in (0, 1], got {self.auto_explain_sample_rate}"
+            )
+
+    def preload(self) -> list[str]:
+        return ["pg_stat_statements", "auto_explain", *(["pg_qualstats"] * self.qualstats)]
+
+    def parameters(self) -> dict[str, str]:
+        def on(flag: bool) -> str:
+            return "on" if flag else "off"
+
+        return {
+            "pg_stat_statements.max": str(self.statements_max),
+            "pg_stat_statements.track": self.statements_track,
+            "auto_explain.log_min_duration": f"{self.auto_explain_min_duration_ms}ms",
+            "auto_explain.log_analyze": on(self.auto_explain_analyze),
+            "auto_explain.log_buffers": on(self.auto_explain_analyze),
+            "auto_explain.log_timing": "off",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.sample_rate": f"{self.auto_explain_sample_rate:g}",
+        }
+
+
 def object_store_name(cluster: str) -> str:
     """The ``ObjectStore`` of ``cluster`` (a fixed name: the Cluster and restores refer to it)."""
     return f"{cluster}-backup-store"
@@ -212,6 +280,7 @@ class ClusterInput:
     backup: ObjectStoreInput | None = None
     custom_queries_config_map: pods.Placed | None = None
     """ConfigMap (key ``queries.yaml``) with the platform's extra monitoring queries."""
+    query_insights: QueryInsights = QueryInsights()
     post_init_application_sql: tuple[str, str] | None = None
     """(ConfigMap, key) of SQL run once as superuser in the new application database
     (``postInitApplicationSQLRefs``): the superuser part of the platform baseline."""
@@ -225,6 +294,8 @@ class ClusterInput:
             raise ValueError(f"max_connections: must be >= 20, got {self.max_connections}")
         if ":" not in self.image.rsplit("/", 1)[-1] or self.image.endswith(":latest"):
             raise ValueError(f"image: pin a version, got {self.image!r}")
+        if self.query_insights.qualstats and (problem := qualstats_problem(self.image)):
+            raise ValueError(f"query_insights.qualstats: {problem}")
         if self.backup is not None:
             problem = backup_method_problem(self.backup.method, self.image)
             if problem:
@@ -255,12 +326,11 @@ def _storage(inp: ClusterInput) -> dict[str, Any]:
 
 def _postgresql(inp: ClusterInput) -> dict[str, Any]:
     return {
-        "shared_preload_libraries": ["pg_stat_statements"],
+        "shared_preload_libraries": inp.query_insights.preload(),
         "parameters": {
             "max_connections": str(inp.max_connections),
             "password_encryption": "scram-sha-256",
-            "pg_stat_statements.max": "10000",
-            "pg_stat_statements.track": "all",
+            **inp.query_insights.parameters(),
             "log_min_duration_statement": "1000",
             "ssl_min_protocol_version": "TLSv1.2",
             **dict(inp.audit_parameters),
