@@ -131,7 +131,9 @@ class QueryInsights:
             )
 
     def preload(self) -> list[str]:
-        return ["pg_stat_statements", "auto_explain", *(["pg_qualstats"] * self.qualstats)]
+        """Libraries to list: the operator adds auto_explain itself (its parameters are set),
+        pg_qualstats it does not manage."""
+        return ["pg_stat_statements", *(["pg_qualstats"] * self.qualstats)]
 
     def parameters(self) -> dict[str, str]:
         def on(flag: bool) -> str:
