@@ -167,6 +167,14 @@ def test_an_object_comment_acknowledges_a_finding(cluster: PgCluster) -> None:
     }
 
 
+def test_without_the_platform_registry_the_granted_schemas_are_exposed(
+    cluster: PgCluster, planted_db: str
+) -> None:
+    # No platform.exposed_schema here: the schemas granted to an API role (not public, whose
+    # USAGE comes from PUBLIC) are the ones checked.
+    assert run(cluster, planted_db).schemas == ["claims", "shop"]
+
+
 def test_without_the_extensions_the_rest_runs_and_the_skips_are_named(
     cluster: PgCluster,
 ) -> None:

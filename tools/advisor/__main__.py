@@ -26,11 +26,16 @@ DEFAULT_AUTHENTICATOR = "postgrest"
 
 
 def exposed_schemas(conn: psycopg.Connection[Any], api_roles: list[str]) -> list[str]:
-    """Schemas granted (not merely through PUBLIC) to an API role, less platform and audit.
-
-    ``platform`` and ``audit`` hold the platform's own helpers and log; API roles use them,
-    PostgREST does not expose them.
+    """The platform's registry ``platform.exposed_schema`` (written from the stack's domains);
+    in a database without it, the schemas granted (not merely through PUBLIC) to an API role,
+    less ``platform`` and ``audit``, which API roles use but PostgREST does not expose.
     """
+    registry = conn.execute(
+        "SELECT pg_catalog.to_regclass('platform.exposed_schema') IS NOT NULL"
+    ).fetchone()
+    if registry and registry[0]:
+        names = conn.execute("SELECT name::text FROM platform.exposed_schema ORDER BY 1")
+        return [str(r[0]) for r in names.fetchall()]
     rows = conn.execute(
         "SELECT n.nspname::text FROM pg_catalog.pg_namespace n "
         "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'platform', 'audit') "
@@ -69,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         "--schema",
         action="append",
         dest="schemas",
-        help="an exposed schema (repeat); default: every schema an API role may use, "
-        "less platform and audit",
+        help="an exposed schema (repeat); default: platform.exposed_schema, else every "
+        "schema granted to an API role, less platform and audit",
     )
     parser.add_argument(
         "--authenticator",

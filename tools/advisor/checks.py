@@ -709,6 +709,8 @@ class Advisor:
             "WHERE s.dbid = (SELECT oid FROM pg_catalog.pg_database "
             "                WHERE datname = pg_catalog.current_database()) "
             "AND s.toplevel AND s.query ~* '^\\s*(select|with|update|delete)\\M' "
+            # Other roles' statement texts are hidden without pg_read_all_stats.
+            "AND s.query <> '<insufficient privilege>' "
             "AND s.query !~* '\\m(pg_catalog|pg_stat_statements|hypopg|pg_qualstats)\\M' "
             "ORDER BY s.total_exec_time DESC LIMIT %s",
             (self.top_statements,),
