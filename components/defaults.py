@@ -51,7 +51,16 @@ _COMMON: Final[dict[str, Any]] = {
     },
     "gitops": {},
     # Schema and privilege changes in the server log, in every environment.
-    "audit": {"pgauditLog": ["ddl", "role"]},
+    "audit": {
+        "pgauditLog": ["ddl", "role"],
+        "export": {
+            "enabled": True,
+            "batchSize": 1000,
+            "intervalSeconds": 30,
+            "keepFiles": 16,
+            "spoolSize": "2Gi",
+        },
+    },
 }
 
 _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {

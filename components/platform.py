@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pulumi
 
 from components import inputs
+from components.audit_export import AuditExport, AuditExportArgs
 from components.database_access import DatabaseAccess, DatabaseAccessArgs
 from components.domain_api import (
     DomainApi,
@@ -51,6 +52,8 @@ class Platform:
     """PgBouncer (transaction pooling) in front of the database."""
     baseline: SqlBaseline | None = None
     """The Job applying the platform SQL baseline."""
+    audit_export: AuditExport | None = None
+    """audit.log as JSON lines on a spool volume, where ``audit.export.enabled``."""
 
 
 def build_platform(s: StackSettings) -> Platform:
@@ -157,6 +160,26 @@ def build_platform(s: StackSettings) -> Platform:
         ),
         opts=after(access),
     )
+    export = s.audit.export
+    audit_export = (
+        AuditExport(
+            "audit-export",
+            AuditExportArgs(
+                namespace=s.namespace,
+                database=pg.database,
+                sslmode=pg.sslmode,
+                endpoint=database.endpoint,
+                batch_size=export.batch_size,
+                interval_seconds=export.interval_seconds,
+                keep_files=export.keep_files,
+                spool_size=export.spool_size,
+                storage_class=export.storage_class,
+            ),
+            opts=after(baseline),
+        )
+        if export.enabled
+        else None
+    )
     pooler = PgBouncerPool(
         "pgbouncer",
         PgBouncerPoolArgs(
@@ -175,6 +198,7 @@ def build_platform(s: StackSettings) -> Platform:
         access=access,
         pooler=pooler,
         baseline=baseline,
+        audit_export=audit_export,
         apis=apis,
         graphql=graphql,
         observability=observability,

@@ -599,12 +599,37 @@ class AuthSettings(_Model):
     )
 
 
+class AuditExportSettings(_Model):
+    """The exporter shipping audit.log as JSON lines to a spool volume (docs/audit.md)."""
+
+    enabled: bool
+    batch_size: int = Field(ge=1, le=100_000)
+    interval_seconds: int = Field(ge=1, le=3600)
+    keep_files: int = Field(ge=1, le=10_000)
+    spool_size: ByteQuantity
+    storage_class: SecretName | None = None
+
+    @model_validator(mode="after")
+    def _spool_fits(self) -> AuditExportSettings:
+        from components.render.audit_export import ROTATE_BYTES
+
+        match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", self.spool_size)
+        needed = (self.keep_files + 2) * ROTATE_BYTES
+        if match and float(match[1]) * _BYTE_SUFFIXES.get(match[2], 1) < needed:
+            raise ValueError(
+                f"spoolSize {self.spool_size!r} cannot hold keepFiles + 2 files of 64Mi "
+                f"({needed // 1024**2}Mi): raise spoolSize or lower keepFiles"
+            )
+        return self
+
+
 class AuditSettings(_Model):
-    """pgaudit's statement classes in the server log (docs/audit.md)."""
+    """pgaudit's statement classes in the server log, and the export of audit.log."""
 
     pgaudit_log: list[Literal["read", "write", "function", "role", "ddl", "misc", "misc_set"]] = (
         Field(min_length=1)
     )
+    export: AuditExportSettings
 
 
 class StackSettings(_Model):

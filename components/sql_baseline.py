@@ -120,14 +120,20 @@ class SqlBaseline(pulumi.ComponentResource):
 
 
 def _resolve(args: SqlBaselineArgs) -> render.BaselineJobSpec:
-    endpoint = args.endpoint
+    return admin_connection(args.namespace, args.database, args.sslmode, args.endpoint)
+
+
+def admin_connection(
+    namespace: str, database: str, sslmode: str, endpoint: DatabaseEndpoint
+) -> render.BaselineJobSpec:
+    """How a pod of ours reaches the read-write endpoint as the admin role (also AuditExport)."""
     return render.BaselineJobSpec(
-        namespace=args.namespace,
+        namespace=namespace,
         host=endpoint.rw_host,
         port=endpoint.port,
-        database=args.database,
-        sslmode=args.sslmode,
+        database=database,
+        sslmode=sslmode,
         admin_secret=endpoint.admin_secret,
-        ca_secret=endpoint.ca_secret if args.sslmode.startswith("verify") else None,
+        ca_secret=endpoint.ca_secret if sslmode.startswith("verify") else None,
         egress=DatabaseEgress(port=endpoint.port, cluster=endpoint.cluster),
     )
