@@ -71,7 +71,7 @@ def exporter(tmp_path: Path, database: PgCluster) -> Callable[..., subprocess.Po
             "AUDIT_KEEP_FILES": "1000",
             "AUDIT_ONCE": "1",
         }
-        return subprocess.Popen(  # noqa: S603 - the rendered script, our arguments
+        return subprocess.Popen(
             ["/bin/sh", str(files / "export.sh")],
             env=env,
             stderr=subprocess.PIPE,
@@ -90,7 +90,7 @@ def run(start: Callable[..., subprocess.Popen[bytes]], spool: Path, **kwargs: An
 
 def exported(spool: Path) -> list[dict[str, Any]]:
     """Every line of the spool, oldest file first; each must be one whole JSON object."""
-    files = sorted(spool.glob("audit-*.jsonl")) + [spool / SPOOL_FILE]
+    files = [*sorted(spool.glob("audit-*.jsonl")), spool / SPOOL_FILE]
     lines = [line for f in files if f.exists() for line in f.read_text().splitlines(True)]
     assert all(line.endswith("\n") for line in lines)
     return [json.loads(line) for line in lines]
