@@ -22,6 +22,10 @@ pytestmark = pytest.mark.unit
 
 SECRETS_CHECKSUM = "pgplatform.io/secrets-checksum"
 EXPECTED: dict[tuple[str, str], frozenset[str]] = {
+    # The audit exporter reads the admin Secret by reference only: no secrets checksum.
+    ("Deployment", r"audit-export-deployment"): frozenset(
+        {"spec.template.spec.volumes[*].configMap.name"}
+    ),
     # Every workload: its generated ConfigMap's name and the keyed checksum of its secrets.
     ("Deployment", r".*-deployment"): frozenset(
         {
