@@ -8,7 +8,9 @@ A ``pulumi destroy``, a resource removed from the program, or a logical rename w
 - the Barman Cloud plugin's ``ObjectStore``: WAL archiving and every backup stop;
 - the Vault KV v2 entries: they are written with ``delete_all_versions``, so a delete wipes every
   version, including the one a rename has just written to the same path;
-- the pulumi-postgresql ``Schema`` resources: the tables of an external database live in them.
+- the pulumi-postgresql ``Schema`` resources: the tables of an external database live in them;
+- our PersistentVolumeClaims (the audit export's spool): audit lines the SIEM's forwarder has not
+  read yet, and the export's position, without which it starts over (duplicates at the SIEM).
 
 With ``protectData`` on (prod's default) each of them is registered with ``protect`` (the engine
 refuses the delete and names the resource) and ``retain_on_delete`` (once someone lifts the
@@ -29,6 +31,7 @@ STATEFUL_TYPES: Final = frozenset(
         "kubernetes:barmancloud.cnpg.io/v1:ObjectStore",
         "vault:kv/secretV2:SecretV2",
         "postgresql:index/schema:Schema",
+        "kubernetes:core/v1:PersistentVolumeClaim",
     }
 )
 """Type tokens of the resources that hold data (see the module docstring for why each)."""

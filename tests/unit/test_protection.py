@@ -16,6 +16,7 @@ CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
 KV = "vault:kv/secretV2:SecretV2"
 SCHEMA = "postgresql:index/schema:Schema"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 
 SCHEMAS = {
     (SCHEMA, f"access-schema-{name}")
@@ -36,6 +37,7 @@ KV_ENTRIES = {
 PROD_PROTECTED = {
     (CLUSTER, "postgres-cluster"),
     (OBJECT_STORE, "postgres-backup-store"),
+    (CLAIM, "audit-export-spool"),
     *KV_ENTRIES,
     *SCHEMAS,
 }
@@ -84,7 +86,7 @@ def test_staging_can_opt_in(pulumi_mocks: Callable[..., RecordingMocks]) -> None
     # Staging keeps no backups (no ObjectStore) and runs the GraphQL pilot (one more KV entry).
     assert (CLUSTER, "postgres-cluster") in found
     assert found >= SCHEMAS
-    assert {t for t, _ in found} == {CLUSTER, KV, SCHEMA}
+    assert {t for t, _ in found} == {CLUSTER, KV, SCHEMA, CLAIM}
     assert len([n for t, n in found if t == KV]) == len(
         [r for r in mocks.resources if r.type == KV]
     )
