@@ -19,7 +19,7 @@ from components.render.access import (
 )
 from components.render.alerts import AlertThresholds
 from components.render.audit import pgaudit_parameters
-from components.render.baseline import CacheControl, GroupRoles
+from components.render.baseline import CacheControl, GroupRoles, Tenancy
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
@@ -136,6 +136,23 @@ def cache_control(s: StackSettings) -> CacheControl:
     )
 
 
+def tenancy(s: StackSettings) -> Tenancy:
+    """Tenanted domain schemas and tenant-bound machine clients (domains.<name>.tenancy,
+    services[].tenant, services[].crossTenant) for the SQL baseline."""
+    return Tenancy(
+        domains=tuple(
+            (s.schema_of(name), domain.tenancy.claim, domain.tenancy.required)
+            for name, domain in s.domains.items()
+            if domain.tenancy
+        ),
+        clients=tuple(
+            (f"api_service_{service.name}", service.tenant)
+            for service in s.services
+            if service.tenant is not None or service.cross_tenant
+        ),
+    )
+
+
 def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     """The ordered SQL bundle: access plan, then the platform baseline for the exposed schemas."""
     from components.render.access import render_access_sql
@@ -144,7 +161,7 @@ def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     access = render_access_sql(access_plan(s), s.postgres.database)
     return [
         (ACCESS_FILE, access),
-        *stack_sql_files(exposed_schemas(s), group_roles(s), cache_control(s)),
+        *stack_sql_files(exposed_schemas(s), group_roles(s), cache_control(s), tenancy(s)),
     ]
 
 

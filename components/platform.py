@@ -156,6 +156,7 @@ def build_platform(s: StackSettings) -> Platform:
             exposed_schemas=inputs.exposed_schemas(s),
             group_roles=inputs.group_roles(s),
             cache_control=inputs.cache_control(s),
+            tenancy=inputs.tenancy(s),
             endpoint=database.endpoint,
         ),
         opts=after(access),

@@ -370,6 +370,15 @@ class SloSettings(_Model):
     window: Annotated[Duration, AfterValidator(_slo_window)]
 
 
+class TenancySettings(_Model):
+    """A tenanted domain: the JWT claim naming the tenant (db/025_tenancy.sql)."""
+
+    # A top-level claim name, e.g. tenant_id, org_id or https://example.com/tenant.
+    claim: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$")
+    # pre_request refuses authenticated requests without the claim.
+    required: bool = True
+
+
 class DomainSettings(_Model):
     """One PostgREST API exposing one schema."""
 
@@ -390,6 +399,7 @@ class DomainSettings(_Model):
         default_factory=dict
     )
     slo: SloSettings
+    tenancy: TenancySettings | None = None
 
 
 class GatewayRef(_Model):
@@ -524,6 +534,11 @@ class ServiceSettings(_Model):
     schemas: list[SqlName] | None = None
     access: Literal["read", "write", "all"] = "read"
     statement_timeout: Duration | None = None
+    # Tenanted domains: the one tenant its tokens must name, or all tenants (audited).
+    tenant: str | None = Field(
+        default=None, min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$"
+    )
+    cross_tenant: bool = False
 
 
 class StatementTimeouts(_Model):
@@ -927,6 +942,47 @@ def _service_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _tenancy_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Tenant-bound machine clients: one binding at most, and a tenanted domain to apply to."""
+    problems = []
+    tenanted = sorted(name for name, domain in s.domains.items() if domain.tenancy)
+    for index, service in enumerate(s.services):
+        if service.tenant is None and not service.cross_tenant:
+            continue
+        if service.tenant is not None and service.cross_tenant:
+            problems.append(
+                _problem(
+                    f"services[{index}].crossTenant",
+                    "a machine client is either scoped to one tenant (tenant) or cross-tenant "
+                    "(crossTenant: true), not both",
+                    True,
+                )
+            )
+        key = "tenant" if service.tenant is not None else "crossTenant"
+        domains = service.schemas if service.schemas is not None else sorted(s.domains)
+        if not any(d in tenanted for d in domains):
+            problems.append(
+                _problem(
+                    f"services[{index}].{key}",
+                    f"none of its domains is tenanted (domains.<name>.tenancy); tenanted: "
+                    f"{tenanted}",
+                    service.tenant if service.tenant is not None else True,
+                )
+            )
+    if s.graphql.enabled:
+        problems += [
+            _problem(
+                f"domains.{name}.tenancy",
+                "the GraphQL pilot does not name the domain of a request, so tenant rules "
+                "cannot apply there: remove the domain from graphql.schemas",
+                name,
+            )
+            for name in s.graphql.schemas
+            if name in tenanted
+        ]
+    return problems
+
+
 def _repeated(values: Iterable[str]) -> list[str]:
     counts = Counter(values)
     return sorted(value for value, count in counts.items() if count > 1)
@@ -1040,6 +1096,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _domain_checks(s)
         + _cache_control_checks(s)
         + _service_checks(s)
+        + _tenancy_checks(s)
         + _feature_checks(s)
         + _graphql_checks(s)
         + _pgbouncer_checks(s)

@@ -27,8 +27,10 @@ from components.render import baseline_job as render
 from components.render.baseline import (
     NO_CACHE_CONTROL,
     NO_GROUP_ROLES,
+    NO_TENANCY,
     CacheControl,
     GroupRoles,
+    Tenancy,
     bundle_checksum,
     job_bundle,
 )
@@ -48,6 +50,8 @@ class SqlBaselineArgs:
     """Roles from the groups claim (``auth.baseRole``, ``auth.groupRoles``)."""
     cache_control: CacheControl = NO_CACHE_CONTROL
     """Cache-Control per domain schema and API role (``domains.<name>.cacheControl``)."""
+    tenancy: Tenancy = NO_TENANCY
+    """Tenanted domains and tenant-bound machine clients (``domains.<name>.tenancy``)."""
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
 
@@ -57,7 +61,7 @@ class SqlBaselineArgs:
         if self.sslmode not in render.SSLMODES:
             raise ValueError(f"sslmode: one of {render.SSLMODES}, got {self.sslmode!r}")
         job_bundle(
-            self.exposed_schemas, self.group_roles, self.cache_control
+            self.exposed_schemas, self.group_roles, self.cache_control, self.tenancy
         )  # validates the schema names
 
 
@@ -77,7 +81,9 @@ class SqlBaseline(pulumi.ComponentResource):
         super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
         ns = args.namespace
         labels = render.labels()
-        bundle = job_bundle(args.exposed_schemas, args.group_roles, args.cache_control)
+        bundle = job_bundle(
+            args.exposed_schemas, args.group_roles, args.cache_control, args.tenancy
+        )
         checksum = bundle_checksum(bundle)
         child = pulumi.ResourceOptions(parent=self)
 

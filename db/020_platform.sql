@@ -125,6 +125,7 @@ COMMENT ON FUNCTION platform.is_api_role(name) IS
 --   * a request at the base role whose token carries groups runs as the highest-priority API
 --     role those groups map to (platform.group_role); a mapped role that is not an API role is
 --     refused, never switched to;
+--   * in a tenanted domain, the tenant rules of platform.tenant_check() hold;
 --   * a GET or HEAD gets the Cache-Control its domain sets for the final role
 --     (platform.cache_control), through PostgREST's response.headers.
 -- Every refusal is insufficient_privilege (42501): PostgREST answers 403 (401 for anonymous).
@@ -179,6 +180,8 @@ BEGIN
             EXECUTE pg_catalog.format('SET LOCAL ROLE %I', target);
         END IF;
     END IF;
+    -- Tenanted domains (db/025_tenancy.sql), for the final role.
+    PERFORM platform.tenant_check();
     IF pg_catalog.current_setting('request.method', true) OPERATOR(pg_catalog.=) ANY (ARRAY['GET', 'HEAD']) THEN
         SELECT c.value INTO cache
         FROM platform.cache_control c
@@ -195,7 +198,7 @@ END
 $$;
 
 COMMENT ON FUNCTION platform.pre_request() IS
-    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role; Cache-Control per role.';
+    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role; tenant rules; Cache-Control per role.';
 
 -- Least privilege: nothing for PUBLIC; the API roles (which evaluate policies calling the claim
 -- helpers), the domain schema owner (whose views and functions may call them) and the audit

@@ -26,8 +26,14 @@ CREATE TABLE IF NOT EXISTS audit.log (
     txid        bigint NOT NULL DEFAULT pg_catalog.txid_current()
 );
 
+-- Tenanted domains (db/025_tenancy.sql): the tenant the request named, and whether a machine
+-- client declared cross-tenant made the change.
+ALTER TABLE audit.log
+    ADD COLUMN IF NOT EXISTS tenant text,
+    ADD COLUMN IF NOT EXISTS cross_tenant boolean NOT NULL DEFAULT false;
+
 COMMENT ON TABLE audit.log IS
-    'One row per audited row change (TRUNCATE: per statement) and per DDL command (op DDL). sub: JWT subject; role: the role of the request.';
+    'One row per audited row change (TRUNCATE: per statement) and per DDL command (op DDL). sub: JWT subject; role: the role of the request; tenant, cross_tenant: see platform.tenancy.';
 
 -- Logs created before DDL was recorded allow only the row operations: widen the check. NOT VALID
 -- skips the scan (every existing row passes the narrower old check) and still binds new rows.
@@ -100,7 +106,8 @@ AS $$
 DECLARE
     requester name := coalesce(nullif(pg_catalog.current_setting('role'), 'none'), session_user);
 BEGIN
-    INSERT INTO audit.log (schema_name, table_name, op, old_row, new_row, sub, role)
+    INSERT INTO audit.log (schema_name, table_name, op, old_row, new_row, sub, role, tenant,
+                           cross_tenant)
     VALUES (
         TG_TABLE_SCHEMA,
         TG_TABLE_NAME,
@@ -108,7 +115,10 @@ BEGIN
         CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('UPDATE', 'DELETE') THEN pg_catalog.to_jsonb(OLD) END,
         CASE WHEN TG_LEVEL = 'ROW' AND TG_OP IN ('INSERT', 'UPDATE') THEN pg_catalog.to_jsonb(NEW) END,
         platform.jwt_sub(),
-        requester
+        requester,
+        platform.jwt_tenant(),
+        EXISTS (SELECT FROM platform.tenant_client c
+                WHERE c.role OPERATOR(pg_catalog.=) requester AND c.cross_tenant)
     );
     RETURN NULL;
 END

@@ -31,6 +31,7 @@ ACCESS_FILE: Final = "010_access.sql"
 EXPOSED_SCHEMAS_FILE: Final = "090_exposed_schemas.sql"
 GROUP_ROLES_FILE: Final = "091_group_roles.sql"
 CACHE_CONTROL_FILE: Final = "092_cache_control.sql"
+TENANCY_FILE: Final = "093_tenancy.sql"
 # The postgrest.conf key whose value names the domain's schema in every request's transaction
 # (PostgREST sets app.settings.* as transaction-local settings, like request.headers).
 SCHEMA_SETTING: Final = "app.settings.pgplatform_schema"
@@ -145,6 +146,50 @@ class CacheControl:
 
 NO_CACHE_CONTROL: Final = CacheControl()
 
+_SERVICE_ROLE = re.compile(r"^api_service_[a-z0-9_]+$")
+
+
+def _label_problem(value: object) -> str | None:
+    """Why ``value`` is not a claim name or tenant id (non-empty printable text, <= 256)."""
+    if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+        return f"{value!r} is not a non-empty printable string of at most 256 characters"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tenancy:
+    """Tenanted domains and tenant-bound machine clients (``db/025_tenancy.sql``)."""
+
+    domains: tuple[tuple[str, str, bool], ...] = ()
+    """``(schema, claim, required)``: the claim naming the tenant in requests to the schema."""
+    clients: tuple[tuple[str, str | None], ...] = ()
+    """``(machine client role, tenant)``; tenant ``None`` declares the client cross-tenant."""
+
+    def __post_init__(self) -> None:
+        for schema, claim, required in self.domains:
+            if not _SCHEMA_NAME.match(schema):
+                raise ValueError(f"domains: {schema!r} is not a schema name")
+            problem = _label_problem(claim)
+            if problem:
+                raise ValueError(f"domains: claim of {schema!r}: {problem}")
+            if not isinstance(required, bool):
+                raise ValueError(f"domains: required of {schema!r} must be a boolean")
+        for role, tenant in self.clients:
+            if not _SERVICE_ROLE.match(role):
+                raise ValueError(f"clients: {role!r} is not a machine client role (api_service_*)")
+            problem = None if tenant is None else _label_problem(tenant)
+            if problem:
+                raise ValueError(f"clients: tenant of {role!r}: {problem}")
+        for what, keys in (
+            ("domains", [row[0] for row in self.domains]),
+            ("clients", [row[0] for row in self.clients]),
+        ):
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"{what}: listed more than once: {sorted(keys)}")
+
+
+NO_TENANCY: Final = Tenancy()
+
 
 def baseline_sql_files() -> list[tuple[str, str]]:
     """``(file name, text)`` of ``db/*.sql`` in the order they must be applied."""
@@ -205,17 +250,23 @@ def render_exposed_schemas_sql(schemas: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sql_value(value: str | int) -> str:
-    """A SQL literal: integers as they are, text standard-conforming (quotes doubled)."""
+def _sql_value(value: str | int | None) -> str:
+    """A SQL literal: NULL, booleans and integers as they are, text with quotes doubled."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     return "'" + value.replace("'", "''") + "'"
 
 
 def _replace_rows_sql(
-    table: str, columns: Sequence[str], rows: Sequence[tuple[str | int, ...]]
+    table: str, columns: Sequence[str], rows: Sequence[tuple[str | int | None, ...]]
 ) -> list[str]:
     """Statements making ``table`` hold exactly ``rows`` (in the bundle's one transaction).
+
+    Rows are sorted: their first values (the table's key) are distinct, so None never compares.
 
     ``table`` and ``columns`` are this module's constants; every value goes through _sql_value.
     """
@@ -246,6 +297,19 @@ def render_cache_control_sql(cache: CacheControl) -> str:
     lines = [
         "-- Cache-Control per schema and API role (rendered from domains.<name>.cacheControl).",
         *_replace_rows_sql("platform.cache_control", ("schema_name", "role", "value"), cache.rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_tenancy_sql(tenancy: Tenancy) -> str:
+    """Idempotent SQL making ``platform.tenancy`` and ``platform.tenant_client`` the stack's."""
+    clients = [(role, tenant, tenant is None) for role, tenant in tenancy.clients]
+    domains = ("schema_name", "claim", "required")
+    lines = [
+        "-- Tenanted domains and tenant-bound machine clients (rendered from",
+        "-- domains.<name>.tenancy, services[].tenant and services[].crossTenant).",
+        *_replace_rows_sql("platform.tenancy", domains, tenancy.domains),
+        *_replace_rows_sql("platform.tenant_client", ("role", "tenant", "cross_tenant"), clients),
     ]
     return "\n".join(lines) + "\n"
 
@@ -309,6 +373,7 @@ def admin_sql_files(
     exposed_schemas: Sequence[str],
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
+    tenancy: Tenancy = NO_TENANCY,
 ) -> list[tuple[str, str]]:
     """What the database owner applies: the other baseline files, exposed schemas, groups."""
     files = [(name, text) for name, text in baseline_sql_files() if not is_superuser_file(text)]
@@ -317,6 +382,7 @@ def admin_sql_files(
         (EXPOSED_SCHEMAS_FILE, render_exposed_schemas_sql(exposed_schemas)),
         (GROUP_ROLES_FILE, render_group_roles_sql(groups)),
         (CACHE_CONTROL_FILE, render_cache_control_sql(cache)),
+        (TENANCY_FILE, render_tenancy_sql(tenancy)),
     ]
 
 
@@ -324,9 +390,11 @@ def stack_sql_files(
     exposed_schemas: Sequence[str],
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
+    tenancy: Tenancy = NO_TENANCY,
 ) -> list[tuple[str, str]]:
     """Everything after ``010_access.sql`` in file-name order, for one superuser to apply."""
-    return sorted([*superuser_sql_files(), *admin_sql_files(exposed_schemas, groups, cache)])
+    admin = admin_sql_files(exposed_schemas, groups, cache, tenancy)
+    return sorted([*superuser_sql_files(), *admin])
 
 
 def render_bootstrap_sql() -> str:
@@ -344,6 +412,7 @@ def render_apply_script(
     exposed_schemas: Sequence[str],
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
+    tenancy: Tenancy = NO_TENANCY,
 ) -> str:
     """``apply.psql``: the baseline Job's script (``psql -X -f apply.psql``), one transaction.
 
@@ -354,7 +423,8 @@ def render_apply_script(
     """
     version = superuser_version()
     include = [f"\\ir {name}" for name, _ in superuser_sql_files()]
-    admin = [f"\\ir {name}" for name, _ in admin_sql_files(exposed_schemas, groups, cache)]
+    admin_files = admin_sql_files(exposed_schemas, groups, cache, tenancy)
+    admin = [f"\\ir {name}" for name, _ in admin_files]
     lines = [
         "-- Platform SQL baseline, applied by the database owner (rendered by pgplatform).",
         "\\set ON_ERROR_STOP on",
@@ -420,11 +490,12 @@ def job_bundle(
     exposed_schemas: Sequence[str],
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
+    tenancy: Tenancy = NO_TENANCY,
 ) -> dict[str, str]:
     """ConfigMap data of the baseline Job: the script and every file it may include."""
-    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups, cache)}
+    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups, cache, tenancy)}
     bundle.update(superuser_sql_files())
-    bundle.update(admin_sql_files(exposed_schemas, groups, cache))
+    bundle.update(admin_sql_files(exposed_schemas, groups, cache, tenancy))
     return dict(sorted(bundle.items()))
 
 

@@ -93,8 +93,13 @@ def request(
     headers: dict[str, str] | None = None,
     rollback: bool = False,
     pre_request: bool = True,
+    app_settings: dict[str, str] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """PostgREST's transaction for one request; ``rollback`` as with ``Prefer: tx=rollback``."""
+    """PostgREST's transaction for one request; ``rollback`` as with ``Prefer: tx=rollback``.
+
+    ``app_settings``: the ``app.settings.*`` of the domain's postgrest.conf, which PostgREST
+    sets transaction-locally with the claims.
+    """
     with conn.transaction(force_rollback=rollback):
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
         conn.execute(
@@ -104,6 +109,8 @@ def request(
             "set_config('request.headers', %s, true)",
             (json.dumps(claims), json.dumps(headers or {"user-agent": "pgplatform-tests"})),
         )
+        for key, value in (app_settings or {}).items():
+            conn.execute("SELECT set_config(%s, %s, true)", (key, value))
         if pre_request:
             conn.execute("SELECT platform.pre_request()")
         cursor = conn.execute(query, params or None)

@@ -16,6 +16,7 @@ from components.render.baseline import (
     EXPOSED_SCHEMAS_FILE,
     GROUP_ROLES_FILE,
     SUPERUSER_VERSION_FILE,
+    TENANCY_FILE,
     CacheControl,
     GroupRoles,
     admin_sql_files,
@@ -57,7 +58,7 @@ def functions() -> list[tuple[str, str, str, str]]:
 
 def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
-    assert names == ["020_platform.sql", "030_audit.sql", "040_rls_guard.sql",
+    assert names == ["020_platform.sql", "025_tenancy.sql", "030_audit.sql", "040_rls_guard.sql",
                      "041_audit_ddl.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql",
                      "060_pgbouncer_auth_grants.sql", "070_schema_version.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
@@ -67,6 +68,7 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
         EXPOSED_SCHEMAS_FILE,
         GROUP_ROLES_FILE,
         CACHE_CONTROL_FILE,
+        TENANCY_FILE,
     ]
 
 

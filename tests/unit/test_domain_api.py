@@ -476,6 +476,6 @@ def test_outputs_name_url_and_service(pulumi_mocks: Callable[..., RecordingMocks
             api.service_address.apply(partial(_record, addresses, domain))
     finally:
         recording.settle()
-    domains = ("identity", "content", "analytics")
+    domains = ("identity", "content", "analytics", "billing")
     assert urls == {d: f"https://api.example.com/api/{d}" for d in domains}
     assert addresses == {d: f"http://{d}-api.pgplatform.svc.cluster.local:3000" for d in domains}

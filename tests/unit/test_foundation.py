@@ -107,7 +107,7 @@ def test_authenticator_members_exactly_the_api_roles(
     assert graphql == (granted if stack == "staging" else set())
     expected = {"api_user", "api_editor", "api_admin", "api_service_cms"}
     if stack == "staging":
-        expected.add("api_anonymous")
+        expected |= {"api_anonymous", "api_service_ingest", "api_service_support"}
     assert granted == expected
     assert all(not r.inputs["withAdminOption"] for r in mocks.by_type(GRANT_ROLE))
     no_login = {n for n, r in _roles(mocks).items() if n.startswith("api_")}

@@ -20,7 +20,7 @@ CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 
 SCHEMAS = {
     (SCHEMA, f"access-schema-{name}")
-    for name in ("platform", "audit", "identity", "content", "analytics")
+    for name in ("platform", "audit", "identity", "content", "analytics", "billing")
 }
 # The Vault KV entries of the committed stacks: the admin credentials, each API's, PgBouncer's
 # (and the GraphQL pilot's where it is on).
@@ -31,6 +31,7 @@ KV_ENTRIES = {
         "identity-api-vault-identity-postgrest-kv",
         "content-api-vault-content-postgrest-kv",
         "analytics-api-vault-analytics-postgrest-kv",
+        "billing-api-vault-billing-postgrest-kv",
         "pgbouncer-vault-pgbouncer-kv",
     )
 }

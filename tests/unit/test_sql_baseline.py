@@ -126,6 +126,7 @@ def test_program_wires_bootstrap_and_job(
         inputs.exposed_schemas(settings),
         inputs.group_roles(settings),
         inputs.cache_control(settings),
+        inputs.tenancy(settings),
     )
     checksum = bundle_checksum(bundle)
 
