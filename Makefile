@@ -66,11 +66,13 @@ test: lint typecheck render-all sql-lint
 bench: setup
 	$(BIN)/python tools/bench_render.py
 
-# Database benchmarks (docs/database.md): RLS overhead on 1M rows, then pgbench through the
-# rendered PgBouncer, then the delay from a schema change to PostgREST's reload signal
-# (docs/domain-api.md). Each prints its numbers and exits non-zero when a target is missed.
+# Database benchmarks (docs/database.md): RLS overhead on 1M rows, the tenant-scoped query on
+# 1M rows over 100 tenants, then pgbench through the rendered PgBouncer, then the delay from a
+# schema change to PostgREST's reload signal (docs/domain-api.md). Each prints its numbers and
+# exits non-zero when a target is missed.
 bench-db: setup
 	$(BIN)/python -m bench.rls_overhead
+	$(BIN)/python -m bench.tenancy
 	$(BIN)/python -m bench.pooling
 	$(BIN)/python -m bench.schema_reload
 

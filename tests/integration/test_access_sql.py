@@ -19,7 +19,15 @@ pytestmark = pytest.mark.integration
 DATABASE = "app"
 AUTH_PASSWORD = "authenticator-test-password"
 EXPECTED_MEMBERS = {
-    "staging": {"api_anonymous", "api_user", "api_editor", "api_admin", "api_service_cms"},
+    "staging": {
+        "api_anonymous",
+        "api_user",
+        "api_editor",
+        "api_admin",
+        "api_service_cms",
+        "api_service_ingest",
+        "api_service_support",
+    },
     "prod": {"api_user", "api_editor", "api_admin", "api_service_cms"},
 }
 
