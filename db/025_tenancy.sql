@@ -19,10 +19,13 @@
 --   unique keys that include tenant_id, and
 --   USING (tenant_id = (SELECT platform.jwt_tenant())) WITH CHECK (the same).
 
+-- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; docs/sql-lint.md)
+
 CREATE TABLE IF NOT EXISTS platform.tenancy (
     schema_name name PRIMARY KEY,
-    claim text NOT NULL CHECK (claim <> ''),
-    required boolean NOT NULL
+    claim       text NOT NULL CHECK (claim <> ''),
+    required    boolean NOT NULL
 );
 
 COMMENT ON TABLE platform.tenancy IS
@@ -31,10 +34,10 @@ COMMENT ON TABLE platform.tenancy IS
 -- Machine clients bound to one tenant, or declared cross-tenant (tenant NULL). Rendered from
 -- services[].tenant and services[].crossTenant.
 CREATE TABLE IF NOT EXISTS platform.tenant_client (
-    role name PRIMARY KEY,
-    tenant text CHECK (tenant <> ''),
+    role         name PRIMARY KEY,
+    tenant       text CHECK (tenant <> ''),
     cross_tenant boolean NOT NULL,
-    CHECK ((tenant IS NULL) = cross_tenant)
+    CHECK ((tenant IS null) = cross_tenant)
 );
 
 COMMENT ON TABLE platform.tenant_client IS

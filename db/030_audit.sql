@@ -27,10 +27,20 @@ CREATE TABLE IF NOT EXISTS audit.log (
 );
 
 -- Tenanted domains (db/025_tenancy.sql): the tenant the request named, and whether a machine
--- client declared cross-tenant made the change.
-ALTER TABLE audit.log
-    ADD COLUMN IF NOT EXISTS tenant text,
-    ADD COLUMN IF NOT EXISTS cross_tenant boolean NOT NULL DEFAULT false;
+-- client declared cross-tenant made the change. Only when missing: ALTER TABLE takes an ACCESS
+-- EXCLUSIVE lock on the log (every audited write waits) even when IF NOT EXISTS finds nothing to
+-- do. A constant default adds the columns without rewriting the table.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                   WHERE a.attrelid = 'audit.log'::regclass AND a.attname = 'cross_tenant'
+                     AND NOT a.attisdropped) THEN
+        ALTER TABLE audit.log
+            ADD COLUMN IF NOT EXISTS tenant text,
+            ADD COLUMN IF NOT EXISTS cross_tenant boolean NOT NULL DEFAULT false;
+    END IF;
+END
+$$;
 
 COMMENT ON TABLE audit.log IS
     'One row per audited row change (TRUNCATE: per statement) and per DDL command (op DDL). sub: JWT subject; role: the role of the request; tenant, cross_tenant: see platform.tenancy.';
