@@ -211,12 +211,13 @@ def test_the_platform_example_domains_come_out_clean(
                     "SELECT id, title FROM content.articles WHERE author_sub = %s", (f"s{i}",)
                 ).fetchall()
         report = run(pg, database, authenticator="postgrest")
-    assert report.schemas == ["analytics", "content", "identity"]
+    assert report.schemas == ["analytics", "billing", "content", "identity"]
     assert report.findings == [], "\n".join(report.summary())
     assert report.skipped == []
     assert sorted(f.object for f, _ in report.acknowledged) == [
         "policy accounts_admin on identity.accounts",
         "policy articles_admin on content.articles",
+        "policy invoices_tenant on billing.invoices",
     ]
 
 
