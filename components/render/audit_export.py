@@ -53,6 +53,8 @@ SELECT pg_catalog.json_build_object(
     'table', l.table_name,
     'role', l.role,
     'sub', l.sub,
+    'tenant', l.tenant,
+    'cross_tenant', l.cross_tenant,
     'old', l.old_row,
     'new', l.new_row
 )
