@@ -1,8 +1,9 @@
 """Tenants on real PostgreSQL 15 through the rendered PgBouncer, as PostgREST runs requests.
 
-The staging stack declares ``billing`` tenanted (``domains.billing.tenancy``: claim
-``tenant_id``, required) with two machine clients: ``ingest``, bound to tenant ``acme``, and
-``support``, declared cross-tenant. The example table ``billing.invoices``
+Both stacks declare ``billing`` tenanted (``domains.billing.tenancy``: claim ``tenant_id``,
+required); staging adds two machine clients, ``ingest``, bound to tenant ``acme``, and
+``support``, declared cross-tenant (their tests, like those of the anonymous role and the groups
+mapping, which prod does not have, run on staging). The example table ``billing.invoices``
 (``tests/fixtures/50_billing.sql``) follows the convention of docs/database.md. Every request is
 PostgREST's per-request transaction run as the authenticator through PgBouncer
 (``test_security_model.request``) with the ``app.settings.*`` of billing's rendered
@@ -22,6 +23,7 @@ from typing import Any, Final
 import psycopg
 import pytest
 
+from tests.conftest import STACKS
 from tests.integration.pooler import RunningStack, running_stack
 from tests.integration.test_group_roles import rendered_schema_setting
 from tests.integration.test_security_model import request
@@ -35,9 +37,12 @@ POOL_CLIENTS: Final = 24
 POOL_REQUESTS: Final = 12
 
 
-@pytest.fixture(scope="module")
-def env(rendered_stack: Callable[[str], Path]) -> Iterator[RunningStack]:
-    with running_stack("staging", rendered_stack("staging")) as running:
+@pytest.fixture(scope="module", params=STACKS)
+def env(
+    request: pytest.FixtureRequest, rendered_stack: Callable[[str], Path]
+) -> Iterator[RunningStack]:
+    stack = str(request.param)
+    with running_stack(stack, rendered_stack(stack)) as running:
         with running.cluster.connect(running.database) as admin, admin.cursor() as cur:
             cur.executemany(
                 "INSERT INTO billing.invoices (tenant_id, number, amount_cents) "
@@ -53,6 +58,13 @@ def billing(env: RunningStack) -> dict[str, str]:
     key, schema = rendered_schema_setting(env.build, "billing")
     assert schema == "billing"
     return {key: schema}
+
+
+@pytest.fixture
+def staging(env: RunningStack) -> None:
+    """Only staging has the anonymous role, the groups mapping and the tenant-bound clients."""
+    if env.stack != "staging":
+        pytest.skip("prod has no anonymous role, groups mapping or tenant-bound machine client")
 
 
 @pytest.fixture
@@ -231,7 +243,7 @@ def test_a_tenant_claim_must_be_a_non_empty_string(
 
 
 def test_tokens_elevated_by_groups_need_the_claim_too(
-    client: Conn, billing: dict[str, str]
+    staging: None, client: Conn, billing: dict[str, str]
 ) -> None:
     """The rule applies to the final role: groups lift api_anonymous to api_editor first."""
     claims = token("api_anonymous", groups=["editors"])
@@ -249,7 +261,7 @@ def test_tokens_elevated_by_groups_need_the_claim_too(
 
 
 def test_anonymous_requests_pass_and_see_no_tenant_rows(
-    client: Conn, billing: dict[str, str]
+    staging: None, client: Conn, billing: dict[str, str]
 ) -> None:
     claims = {"role": "api_anonymous"}
     rows = request(
@@ -283,7 +295,9 @@ def test_other_domains_are_not_tenanted(client: Conn, env: RunningStack) -> None
 
 
 # -- machine clients -------------------------------------------------------------------------------
-def test_a_scoped_client_works_only_in_its_tenant(client: Conn, billing: dict[str, str]) -> None:
+def test_a_scoped_client_works_only_in_its_tenant(
+    staging: None, client: Conn, billing: dict[str, str]
+) -> None:
     role = "api_service_ingest"
     rows = as_tenant(client, billing, "acme", "SELECT number FROM billing.invoices", role=role)
     assert numbers(rows) == set(ROWS["acme"])
@@ -293,7 +307,7 @@ def test_a_scoped_client_works_only_in_its_tenant(client: Conn, billing: dict[st
 
 
 def test_a_cross_tenant_client_reads_all_and_is_logged(
-    client: Conn, env: RunningStack, billing: dict[str, str]
+    staging: None, client: Conn, env: RunningStack, billing: dict[str, str]
 ) -> None:
     role = "api_service_support"
     rows = as_tenant(client, billing, None, "SELECT number FROM billing.invoices", role=role,
@@ -307,7 +321,7 @@ def test_a_cross_tenant_client_reads_all_and_is_logged(
 
 
 def test_writes_are_audited_with_tenant_and_cross_tenant_mark(
-    client: Conn, env: RunningStack, billing: dict[str, str]
+    staging: None, client: Conn, env: RunningStack, billing: dict[str, str]
 ) -> None:
     insert = "INSERT INTO billing.invoices (number, amount_cents) VALUES (%s, 5) RETURNING id"
     [(own_id,)] = as_tenant(client, billing, "acme", insert, ("AUD-1",), rollback=False)
