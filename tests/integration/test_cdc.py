@@ -1,0 +1,460 @@
+"""Change data capture to the analytics database on real PostgreSQL 15 clusters.
+
+The publisher is the staging database as the platform builds it (access plan, baseline, the
+example domains of ``tests/fixtures``: RLS forced, audit triggers). The rendered files run as
+their runners run them: ``publisher.psql`` and ``apply.sh`` through ``psql`` as the admin role
+(a CREATEROLE database owner, not a superuser, as CloudNativePG creates it), ``slot.sql`` as the
+publication role. The subscription is created the way CloudNativePG's ``Subscription`` controller
+creates it: ``CREATE SUBSCRIPTION`` with the rendered parameters, connecting with the rendered
+``externalClusters`` entry.
+
+Two clusters prove the pipeline (changes arrive, excluded columns and rows never do, a publisher
+restart is survived); one cluster proves the chosen topology (the analytics database next to the
+application database, which only works with a separately created slot).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from components.render import cdc
+from tests.integration.pg import PG_BIN, PgCluster, give_to_server_user, running_cluster
+from tests.integration.test_baseline_sql import DATABASE, prepare_stack_database
+
+pytestmark = pytest.mark.integration
+
+TARGET = "analytics"
+ADMIN = "pgplatform_admin"
+ADMIN_PASSWORD = "admin-" + os.urandom(8).hex()
+CDC_PASSWORD = "cdc-" + os.urandom(8).hex()
+Conn = psycopg.Connection[Any]
+
+# Articles are published by a unique index on (id, published): the row filter may read
+# `published` because it is part of the replica identity.
+ARTICLES_IDENTITY = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS articles_cdc_identity ON content.articles (id, published);"
+    " ALTER TABLE content.articles REPLICA IDENTITY USING INDEX articles_cdc_identity;"
+)
+
+PLAN = cdc.CdcPlan(
+    source_database=DATABASE,
+    target_database=TARGET,
+    tables=(
+        cdc.CdcTable(
+            schema="identity",
+            name="accounts",
+            key=("id",),
+            columns=(("id", "bigint"), ("created_at", "timestamp with time zone")),
+        ),
+        cdc.CdcTable(
+            schema="content",
+            name="articles",
+            key=("id", "published"),
+            columns=(
+                ("id", "bigint"),
+                ("title", "text"),
+                ("published", "boolean"),
+                ("updated_at", "timestamptz"),
+            ),
+            row_filter="published",
+        ),
+    ),
+)
+
+
+def psql(
+    cluster: PgCluster,
+    dbname: str,
+    file: Path,
+    *,
+    user: str = ADMIN,
+    password: str = ADMIN_PASSWORD,
+) -> subprocess.CompletedProcess[str]:
+    """``psql -X -f file`` over TCP with verification, as the Job's container runs it."""
+    return subprocess.run(
+        [str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-f", str(file)],
+        env=connection_env(cluster, user, password),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def connection_env(cluster: PgCluster, user: str, password: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"],
+        "PGHOST": cluster.host,
+        "PGPORT": str(cluster.port),
+        "PGUSER": user,
+        "PGPASSWORD": password,
+        "PGSSLMODE": "verify-full" if cluster.tls else "disable",
+        **({"PGSSLROOTCERT": str(cluster.ca_file)} if cluster.tls else {}),
+    }
+
+
+def write_files(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def prepare_publisher(cluster: PgCluster, build: Path) -> None:
+    """The staging database, the admin as CloudNativePG makes it, and the managed CDC role."""
+    prepare_stack_database(cluster, cluster.create_database(DATABASE), build)
+    with cluster.connect(DATABASE) as conn:
+        conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}'")
+        conn.execute(f"ALTER DATABASE {DATABASE} OWNER TO {ADMIN}")
+        conn.execute(
+            f"CREATE ROLE {cdc.ROLE} LOGIN REPLICATION NOINHERIT PASSWORD '{CDC_PASSWORD}'"
+        )
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE pgplatform_owner")
+            conn.execute(ARTICLES_IDENTITY)
+        # Rows written before the subscription: the initial copy must bring them.
+        conn.execute(
+            "INSERT INTO identity.accounts (sub, display_name, email) "
+            "VALUES ('before-1', 'Early Bird', 'early@example.com')"
+        )
+
+
+def prepare_target(cluster: PgCluster) -> None:
+    """The analytics database as the ``Database`` object creates it (owned by the admin)."""
+    with cluster.connect() as conn:
+        exists = conn.execute(f"SELECT 1 FROM pg_roles WHERE rolname = '{ADMIN}'").fetchone()
+        if not exists:
+            conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}'")
+        conn.execute(f'DROP DATABASE IF EXISTS "{TARGET}" WITH (FORCE)')
+        conn.execute(f"CREATE DATABASE {TARGET} OWNER {ADMIN}")
+
+
+def subscribe(subscriber: PgCluster, publisher: PgCluster) -> None:
+    """``CREATE SUBSCRIPTION`` as CloudNativePG builds it from the rendered objects."""
+    spec = cdc.subscription_spec(PLAN, cluster="postgres-db")
+    entry = cdc.external_cluster(
+        host=publisher.host,
+        port=publisher.port,
+        database=spec["publicationDBName"],
+        password_secret="unused",
+        ca_secret="unused",
+    )
+    assert entry["name"] == spec["externalClusterName"]
+    params = dict(entry["connectionParameters"])
+    params["password"] = CDC_PASSWORD
+    params["sslrootcert"] = str(publisher.ca_file)
+    # The test servers run with root's HOME: point libpq past ~/.postgresql's client cert.
+    params["sslcert"] = str(subscriber.socket_dir / "no-client.crt")
+    params["sslkey"] = str(subscriber.socket_dir / "no-client.key")
+    conninfo = " ".join(f"{key}={value}" for key, value in params.items())
+    options = ", ".join(f"{key} = '{value}'" for key, value in spec["parameters"].items())
+    with subscriber.connect(spec["dbname"]) as conn:
+        conn.execute(
+            f"CREATE SUBSCRIPTION {spec['name']} CONNECTION '{conninfo}' "
+            f"PUBLICATION {spec['publicationName']} WITH ({options})"
+        )
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rows(cluster: PgCluster, query: str, dbname: str = TARGET) -> list[tuple[Any, ...]]:
+    with cluster.connect(dbname) as conn:
+        return conn.execute(query).fetchall()
+
+
+@dataclass
+class Pipeline:
+    publisher: PgCluster
+    subscriber: PgCluster
+
+
+@pytest.fixture(scope="module")
+def pipeline(
+    rendered_stack: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """Publisher (TLS, wal_level logical) and subscriber clusters with the pipeline running."""
+    files = write_files(tmp_path_factory.mktemp("cdc"), cdc.job_files(PLAN))
+    with (
+        running_cluster(tls=True, settings={"wal_level": "logical"}) as publisher,
+        running_cluster(settings={"wal_retrieve_retry_interval": "'500ms'"}) as subscriber,
+    ):
+        prepare_publisher(publisher, rendered_stack("staging"))
+        for name in (cdc.PUBLISHER_FILE, cdc.SLOT_FILE, cdc.SUBSCRIBER_FILE):
+            give_to_server_user(files / name)
+        applied = psql(publisher, DATABASE, files / cdc.PUBLISHER_FILE)
+        assert applied.returncode == 0, applied.stderr
+        slot = psql(
+            publisher, DATABASE, files / cdc.SLOT_FILE, user=cdc.ROLE, password=CDC_PASSWORD
+        )
+        assert slot.returncode == 0, slot.stderr
+        prepare_target(subscriber)
+        target = psql(subscriber, TARGET, files / cdc.SUBSCRIBER_FILE)
+        assert target.returncode == 0, target.stderr
+        subscribe(subscriber, publisher)
+        wait_for(
+            lambda: rows(subscriber, "SELECT count(*) FROM identity.accounts") == [(3,)],
+            "the initial copy",
+        )
+        yield Pipeline(publisher, subscriber)
+
+
+def write(cluster: PgCluster, *statements: str) -> None:
+    """Writes as the API makes them: as the schema owner's API roles would, through RLS."""
+    with cluster.connect(DATABASE) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_initial_copy_brings_existing_rows_without_personal_columns(pipeline: Pipeline) -> None:
+    columns = rows(
+        pipeline.subscriber,
+        "SELECT table_schema, table_name, column_name FROM information_schema.columns "
+        "WHERE table_schema IN ('identity', 'content') ORDER BY 1, 2, ordinal_position",
+    )
+    assert columns == [
+        ("content", "articles", "id"),
+        ("content", "articles", "title"),
+        ("content", "articles", "published"),
+        ("content", "articles", "updated_at"),
+        ("identity", "accounts", "id"),
+        ("identity", "accounts", "created_at"),
+    ]
+    source = rows(pipeline.publisher, "SELECT id FROM identity.accounts ORDER BY id", DATABASE)
+    assert rows(pipeline.subscriber, "SELECT id FROM identity.accounts ORDER BY id") == source
+
+
+def test_inserts_updates_and_deletes_arrive(pipeline: Pipeline) -> None:
+    pub, sub = pipeline.publisher, pipeline.subscriber
+    write(
+        pub,
+        "INSERT INTO identity.accounts (sub, display_name, email) "
+        "VALUES ('cdc-1', 'Ada Lovelace', 'ada@example.com')",
+    )
+    [(new_id,)] = rows(pub, "SELECT id FROM identity.accounts WHERE sub = 'cdc-1'", DATABASE)
+    wait_for(
+        lambda: rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {new_id}") == [(1,)],
+        "the insert",
+    )
+    write(
+        pub,
+        "UPDATE identity.accounts SET created_at = '2020-01-02T03:04:05Z', "
+        "email = 'ada@elsewhere.example' WHERE sub = 'cdc-1'",
+    )
+    wait_for(
+        lambda: (
+            rows(
+                sub,
+                "SELECT created_at = '2020-01-02T03:04:05Z' FROM identity.accounts "
+                f"WHERE id = {new_id}",
+            )
+            == [(True,)]
+        ),
+        "the update",
+    )
+    write(pub, "DELETE FROM identity.accounts WHERE sub = 'cdc-1'")
+    wait_for(
+        lambda: rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {new_id}") == [(0,)],
+        "the delete",
+    )
+
+
+def test_row_filter_publishes_only_published_articles(pipeline: Pipeline) -> None:
+    pub, sub = pipeline.publisher, pipeline.subscriber
+    write(
+        pub,
+        "INSERT INTO content.articles (author_sub, title, published) "
+        "VALUES ('e-1', 'cdc draft', false), ('e-1', 'cdc news', true)",
+    )
+    wait_for(
+        lambda: (
+            rows(sub, "SELECT title FROM content.articles WHERE title LIKE 'cdc %'")
+            == [("cdc news",)]
+        ),
+        "the published article",
+    )
+    # A draft becoming public arrives (as an insert); a retracted article leaves (a delete).
+    write(
+        pub,
+        "UPDATE content.articles SET published = true WHERE title = 'cdc draft'",
+        "UPDATE content.articles SET published = false WHERE title = 'cdc news'",
+    )
+    wait_for(
+        lambda: (
+            rows(sub, "SELECT title FROM content.articles WHERE title LIKE 'cdc %'")
+            == [("cdc draft",)]
+        ),
+        "the changed visibility",
+    )
+    source_drafts = rows(pub, "SELECT count(*) FROM content.articles WHERE NOT published", DATABASE)
+    assert source_drafts[0][0] >= 1
+    assert rows(sub, "SELECT count(*) FROM content.articles WHERE NOT published") == [(0,)]
+
+
+def test_excluded_columns_never_reach_the_subscriber(pipeline: Pipeline) -> None:
+    """Not in the target tables, not in its WAL stream: the subscriber's catalog and data hold
+    no personal value, and the publication role cannot read one either."""
+    pub, sub = pipeline.publisher, pipeline.subscriber
+    write(
+        pub,
+        "INSERT INTO identity.accounts (sub, display_name, email) "
+        "VALUES ('cdc-secret', 'Grace Hopper', 'grace@example.com')",
+    )
+    [(new_id,)] = rows(pub, "SELECT id FROM identity.accounts WHERE sub = 'cdc-secret'", DATABASE)
+    wait_for(
+        lambda: rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {new_id}") == [(1,)],
+        "the insert",
+    )
+    with sub.connect(TARGET) as conn:
+        dump = conn.execute(
+            "SELECT string_agg(t::text, ' ') FROM (SELECT * FROM identity.accounts) t"
+        ).fetchone()
+    assert dump is not None
+    for personal in ("Grace Hopper", "grace@example.com", "cdc-secret", "Early Bird"):
+        assert personal not in (dump[0] or "")
+    published = rows(
+        pub,
+        "SELECT attnames FROM pg_publication_tables WHERE pubname = 'analytics_cdc' "
+        "AND schemaname = 'identity'",
+        DATABASE,
+    )
+    assert published == [(["id", "created_at"],)]
+    with pub.connect_as(cdc.ROLE, CDC_PASSWORD, dbname=DATABASE) as conn:
+        assert conn.execute("SELECT count(id) FROM identity.accounts").fetchone() is not None
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT email FROM identity.accounts")
+
+
+def test_subscription_survives_a_publisher_restart(pipeline: Pipeline) -> None:
+    pub, sub = pipeline.publisher, pipeline.subscriber
+    pub.restart("immediate")
+    write(
+        pub,
+        "INSERT INTO identity.accounts (sub, display_name) VALUES ('after-restart', 'Later')",
+    )
+    [(new_id,)] = rows(
+        pub, "SELECT id FROM identity.accounts WHERE sub = 'after-restart'", DATABASE
+    )
+    wait_for(
+        lambda: rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {new_id}") == [(1,)],
+        "a change written after the restart",
+    )
+    active = rows(
+        pub, "SELECT active FROM pg_replication_slots WHERE slot_name = 'analytics_cdc'", DATABASE
+    )
+    assert active == [(True,)]
+
+
+def test_applying_the_publication_again_changes_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    files = write_files(tmp_path, cdc.job_files(PLAN))
+    give_to_server_user(files / cdc.PUBLISHER_FILE)
+    again = psql(pipeline.publisher, DATABASE, files / cdc.PUBLISHER_FILE)
+    assert again.returncode == 0, again.stderr
+    members = rows(
+        pipeline.publisher,
+        f"SELECT pg_has_role('{ADMIN}', 'pgplatform_owner', 'MEMBER')",
+        DATABASE,
+    )
+    assert members == [(False,)], "the admin keeps no membership in the tables' owner"
+
+
+def test_a_publication_that_would_break_writes_is_never_committed(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The key check and PostgreSQL's own replica identity check run before COMMIT."""
+    pub = pipeline.publisher
+    wrong_key = cdc.CdcPlan(
+        source_database=DATABASE,
+        target_database=TARGET,
+        tables=(
+            cdc.CdcTable(
+                schema="identity",
+                name="accounts",
+                key=("id", "created_at"),
+                columns=(("id", "bigint"), ("created_at", "timestamptz")),
+            ),
+        ),
+    )
+    file = write_files(tmp_path / "key", {"p.psql": cdc.render_publisher_psql(wrong_key)})
+    give_to_server_user(file / "p.psql")
+    failed = psql(pub, DATABASE, file / "p.psql")
+    assert failed.returncode != 0
+    assert "pgplatform:cdc.tables.identity.accounts: key" in failed.stderr
+
+    # A filter on a column outside the replica identity (what the settings refuse) is caught by
+    # PostgreSQL's own check, run before COMMIT.
+    table = PLAN.tables[0]
+    object.__setattr__(table_copy := cdc.CdcTable(**table.__dict__), "row_filter", "email <> ''")
+    plan = cdc.CdcPlan(source_database=DATABASE, target_database=TARGET, tables=(table_copy,))
+    file = write_files(tmp_path / "filter", {"p.psql": cdc.render_publisher_psql(plan)})
+    give_to_server_user(file / "p.psql")
+    failed = psql(pub, DATABASE, file / "p.psql")
+    assert failed.returncode != 0
+    assert "this publication would break writes" in failed.stderr
+    assert "pgplatform:cdc.tables.identity.accounts" in failed.stderr
+    # The publication is the one applied before, and the API's writes still work.
+    tables = rows(
+        pub,
+        "SELECT schemaname || '.' || tablename, rowfilter FROM pg_publication_tables "
+        "WHERE pubname = 'analytics_cdc' ORDER BY 1",
+        DATABASE,
+    )
+    assert tables == [("content.articles", "published"), ("identity.accounts", None)]
+    write(pub, "UPDATE identity.accounts SET email = email")
+
+
+def test_analytics_database_in_the_same_cluster(
+    rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The deployed topology: the Job's script, then the subscription on the same cluster with
+    the slot the script made (``create_slot = false``)."""
+    files = write_files(tmp_path / "job", cdc.job_files(PLAN))
+    for name in files.iterdir():
+        give_to_server_user(name)
+    with running_cluster(tls=True, settings={"wal_level": "logical"}) as cluster:
+        prepare_publisher(cluster, rendered_stack("staging"))
+        prepare_target(cluster)
+        env = connection_env(cluster, ADMIN, ADMIN_PASSWORD) | {"CDC_PASSWORD": CDC_PASSWORD}
+        script = subprocess.run(
+            ["sh", str(files / cdc.JOB_SCRIPT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert script.returncode == 0, script.stderr
+        subscribe(cluster, cluster)
+        wait_for(
+            lambda: rows(cluster, "SELECT count(*) FROM identity.accounts") == [(3,)],
+            "the initial copy into the analytics database",
+        )
+        write(cluster, "DELETE FROM identity.accounts WHERE sub = 'before-1'")
+        wait_for(
+            lambda: rows(cluster, "SELECT count(*) FROM identity.accounts") == [(2,)],
+            "a delete in the same cluster",
+        )
+        again = subprocess.run(
+            ["sh", str(files / cdc.JOB_SCRIPT)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
