@@ -61,6 +61,8 @@ _COMMON: Final[dict[str, Any]] = {
             "spoolSize": "2Gi",
         },
     },
+    # Change data capture into the analytics database: off until tables are listed.
+    "cdc": {"database": "analytics", "tables": {}},
 }
 
 _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
@@ -128,6 +130,7 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         },
         "backup": {"enabled": False},
         "graphql": {"enabled": True, "graphiql": True, "replicas": {"min": 1, "max": 2}},
+        "cdc": {"maxSlotWalKeepSize": "5Gi"},
         "protectData": False,
     },
     "prod": {
@@ -197,6 +200,7 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "backup": {"enabled": True},
         "graphql": {"enabled": False, "graphiql": False, "replicas": {"min": 2, "max": 4}},
         # What holds data survives a destroy or a rename; lifting it is this explicit key.
+        "cdc": {"maxSlotWalKeepSize": "20Gi"},
         "protectData": True,
     },
 }

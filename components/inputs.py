@@ -96,6 +96,16 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
     )
 
 
+def cdc_max_slot_wal_keep_size(s: StackSettings) -> str | None:
+    """``max_slot_wal_keep_size`` of a stack publishing tables (None: change data capture off)."""
+    from components.render.cdc import max_slot_wal_keep_size
+    from components.settings import quantity_bytes
+
+    if not s.cdc.tables:
+        return None
+    return max_slot_wal_keep_size(int(quantity_bytes(s.cdc.max_slot_wal_keep_size) or 0))
+
+
 def backup_store(s: StackSettings) -> ObjectStoreInput | None:
     """The object store of base backups and WAL; None when backups are off."""
     b = s.backup

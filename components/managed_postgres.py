@@ -8,7 +8,7 @@ import pulumi
 import pulumi_random as random
 
 from components.k8s import KubeObject, meta
-from components.render import pods
+from components.render import cdc, pods
 from components.render.baseline import BOOTSTRAP_KEY
 from components.render.metrics_catalog import cnpg_custom_queries_yaml
 from components.render.postgres_cluster import (
@@ -21,7 +21,7 @@ from components.render.postgres_cluster import (
     object_store_spec,
 )
 from components.settings import VaultSettings
-from components.workload import VaultAccountSpec, vault_account
+from components.workload import VaultAccount, VaultAccountSpec, vault_account
 
 BOOTSTRAP_SUFFIX = "bootstrap-sql"
 """``<cluster>-bootstrap-sql``: the ConfigMap with the superuser part of the SQL baseline."""
@@ -40,6 +40,8 @@ class DatabaseEndpoint:
     """CloudNativePG cluster name; None for an external database."""
     admin_secret: str
     """basic-auth Secret of the admin role (synced from Vault)."""
+    cdc_secret: str | None = None
+    """basic-auth Secret of the change data capture publication role (when configured)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +64,10 @@ class ManagedPostgresArgs:
     bootstrap_sql: str | None = None
     """Mode cnpg: SQL CloudNativePG runs once as superuser in the new application database
     (the superuser part of the platform baseline, docs/database.md)."""
+    cdc_max_slot_wal_keep_size: str | None = None
+    """Change data capture on (``max_slot_wal_keep_size``, e.g. ``5120MB``): the publication
+    role's password in Vault; in mode cnpg the Cluster creates the role, decodes logical WAL and
+    reaches itself through an ``externalClusters`` entry (render/cdc.py)."""
 
     def __post_init__(self) -> None:
         if self.mode not in {"cnpg", "external"}:
@@ -131,6 +137,8 @@ class ManagedPostgres(pulumi.ComponentResource):
         admin_secrets = admin.secrets
         admin_secret_name = admin.secret_name
         self.admin_secret_name = pulumi.Output.from_input(admin_secret_name)
+        cdc_account = self._cdc_account(name, args, meta_labels)
+        cdc_secret = cdc_account.secret_name if cdc_account else None
 
         if args.cluster is not None:  # mode cnpg
             cluster_name = f"{name}-db"
@@ -152,6 +160,24 @@ class ManagedPostgres(pulumi.ComponentResource):
                 opts=child,
             )
             store = self._object_store(name, args, cluster_args, meta_labels)
+            if cdc_secret is not None and args.cdc_max_slot_wal_keep_size:
+                cluster_args = replace(
+                    cluster_args,
+                    extra_parameters=(
+                        ("wal_level", "logical"),
+                        ("max_slot_wal_keep_size", args.cdc_max_slot_wal_keep_size),
+                    ),
+                    extra_roles=(cdc.managed_role(cdc_secret),),
+                    external_clusters=(
+                        cdc.external_cluster(
+                            host=f"{cluster_name}-rw.{args.namespace}.svc.cluster.local",
+                            port=args.port,
+                            database=args.database,
+                            password_secret=cdc_secret,
+                            ca_secret=f"{cluster_name}-ca",
+                        ),
+                    ),
+                )
             KubeObject(
                 f"{name}-cluster",
                 api_version=CNPG_API_VERSION,
@@ -177,6 +203,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                     # The WAL archiver's ObjectStore exists before the first segment is archived.
                     depends_on=[
                         admin_secrets,
+                        *([cdc_account.secrets] if cdc_account else []),
                         queries,
                         *([bootstrap] if bootstrap else []),
                         *([store] if store else []),
@@ -194,6 +221,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 ca_secret=f"{cluster_name}-ca",
                 cluster=cluster_name,
                 admin_secret=admin_secret_name,
+                cdc_secret=cdc_secret,
             )
         else:
             self.endpoint = DatabaseEndpoint(
@@ -203,6 +231,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 ca_secret=args.external_ca_secret or None,
                 cluster=None,
                 admin_secret=admin_secret_name,
+                cdc_secret=cdc_secret,
             )
         endpoint = self.endpoint
         self.rw_host = pulumi.Output.from_input(endpoint.rw_host)
@@ -220,6 +249,35 @@ class ManagedPostgres(pulumi.ComponentResource):
                 "ca_secret_name": self.ca_secret_name,
                 "cluster_name": self.cluster_name,
             }
+        )
+
+    def _cdc_account(
+        self, name: str, args: ManagedPostgresArgs, labels: dict[str, str]
+    ) -> VaultAccount | None:
+        """The publication role's generated password, in Vault and synced to a basic-auth
+        Secret (the Cluster's managed role and ``externalClusters`` entry read it)."""
+        if not args.cdc_max_slot_wal_keep_size:
+            return None
+        password = random.RandomPassword(
+            f"{name}-cdc-password",
+            length=40,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return vault_account(
+            self,
+            f"{name}-cdc",
+            VaultAccountSpec(
+                name=f"{name}-cdc",
+                namespace=args.namespace,
+                labels=labels,
+                env=args.env,
+                vault=args.vault,
+                consumer=f"{name}-cdc",
+                values={"username": cdc.ROLE, "password": password.result},
+                secret_type="kubernetes.io/basic-auth",  # noqa: S106 - a type name
+            ),
+            vault_name=f"{name}-cdc",
         )
 
     def _object_store(

@@ -8,6 +8,7 @@ import pulumi
 
 from components import inputs
 from components.audit_export import AuditExport, AuditExportArgs
+from components.cdc_pipeline import CdcPipeline, cdc_pipeline_args
 from components.database_access import DatabaseAccess, DatabaseAccessArgs
 from components.domain_api import (
     DomainApi,
@@ -54,6 +55,8 @@ class Platform:
     """The Job applying the platform SQL baseline."""
     audit_export: AuditExport | None = None
     """audit.log as JSON lines on a spool volume, where ``audit.export.enabled``."""
+    cdc: CdcPipeline | None = None
+    """Change data capture into the analytics database, where ``cdc.tables`` lists tables."""
 
 
 def build_platform(s: StackSettings) -> Platform:
@@ -85,6 +88,7 @@ def build_platform(s: StackSettings) -> Platform:
             external_ca_secret=pg.ca_secret,
             # The superuser part of the SQL baseline runs once at cluster creation (SqlBaseline).
             bootstrap_sql=render_bootstrap_sql() if pg.mode == "cnpg" else None,
+            cdc_max_slot_wal_keep_size=inputs.cdc_max_slot_wal_keep_size(s),
             admin_password=(
                 s.postgres_admin_password.get_secret_value()
                 if s.postgres_admin_password is not None
@@ -194,7 +198,11 @@ def build_platform(s: StackSettings) -> Platform:
         ),
         opts=after(access, baseline),
     )
+    # Change data capture: after the baseline (roles, schemas), next to the APIs.
+    cdc_args = cdc_pipeline_args(s, database.endpoint)
+    cdc = CdcPipeline("cdc", cdc_args, opts=after(baseline)) if cdc_args else None
     return Platform(
+        cdc=cdc,
         database=database,
         access=access,
         pooler=pooler,

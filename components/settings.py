@@ -217,13 +217,25 @@ _BYTE_SUFFIXES: Final = {
 }
 
 
+_SIZE = re.compile(r"([+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)")
+
+
+def quantity_bytes(value: str) -> float | None:
+    """Bytes of a memory or storage quantity; None when it is not one."""
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        return None
+    number, suffix = match.groups()
+    return float(number) * _BYTE_SUFFIXES.get(suffix, 1)
+
+
 def _at_least_a_mebibyte(value: str) -> str:
     """A memory or storage size: Kubernetes reads '2' as two bytes."""
-    match = re.fullmatch(r"([+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)([a-zA-Z]*)", value)
+    match = _SIZE.fullmatch(value)
     if match is None:  # not a quantity at all: _quantity reports it
         return value
-    number, suffix = match.groups()
-    if float(number) * _BYTE_SUFFIXES.get(suffix, 1) < 1024**2:
+    number = match.group(1)
+    if (quantity_bytes(value) or 0) < 1024**2:
         raise ValueError(
             f"{value!r} is less than 1Mi (a number without a unit is bytes): "
             f"use e.g. '{number}Gi' or '{number}Mi'"
@@ -647,6 +659,52 @@ class AuditSettings(_Model):
     export: AuditExportSettings
 
 
+def _cdc_table_key(value: str) -> str:
+    from components.render.cdc import table_key_problem
+
+    problem = table_key_problem(value)
+    if problem:
+        raise ValueError(f"{value!r}: {problem}")
+    return value
+
+
+def _column_type(value: str) -> str:
+    from components.render.cdc import column_type_problem
+
+    problem = column_type_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+ColumnName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")]
+
+
+class CdcTableSettings(_Model):
+    """One table published to the analytics database (docs/database.md, "Change data capture").
+
+    ``columns`` (name -> type) is what leaves the table: personal columns are simply not listed.
+    ``key`` is the table's replica identity (its primary key, or the index of REPLICA IDENTITY
+    USING INDEX); it is published and becomes the target's primary key. ``rowFilter`` may read
+    only key columns (PostgreSQL 15 refuses UPDATE and DELETE of the table otherwise).
+    """
+
+    key: list[ColumnName] = Field(min_length=1)
+    columns: dict[ColumnName, Annotated[str, AfterValidator(_column_type)]] = Field(min_length=1)
+    row_filter: str | None = Field(default=None, max_length=1000)
+
+
+class CdcSettings(_Model):
+    """Logical replication of chosen tables into the analytics database of the same cluster."""
+
+    database: SqlName
+    # PostgreSQL's max_slot_wal_keep_size: WAL a stalled slot may hold before it is invalidated.
+    max_slot_wal_keep_size: ByteQuantity
+    tables: dict[Annotated[str, AfterValidator(_cdc_table_key)], CdcTableSettings] = Field(
+        default_factory=dict
+    )
+
+
 class StackSettings(_Model):
     """The validated configuration of one stack."""
 
@@ -668,6 +726,7 @@ class StackSettings(_Model):
     graphql: GraphqlSettings
     gitops: GitopsSettings
     audit: AuditSettings
+    cdc: CdcSettings
     # Keep the Cluster, ObjectStore, Vault KV entries and schemas from deletion (protection.py).
     protect_data: bool
     postgres_admin_password: SecretStr | None = None
@@ -1102,6 +1161,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _pgbouncer_checks(s)
         + _budget_checks(s)
         + _audit_checks(s)
+        + _cdc_checks(s)
     )
 
 
@@ -1119,6 +1179,56 @@ def _audit_checks(s: StackSettings) -> list[ConfigProblem]:
             ", ".join(s.audit.pgaudit_log),
         )
     ]
+
+
+def _cdc_checks(s: StackSettings) -> list[ConfigProblem]:
+    """cdc.tables: tables of the stack's domain schemas, key published, filters on the key."""
+    from components.render.cdc import row_filter_problem
+
+    problems: list[ConfigProblem] = []
+    if not s.cdc.tables:
+        return problems
+    if s.cdc.database == s.postgres.database:
+        problems.append(
+            _problem(
+                "cdc.database",
+                "the analytics database must differ from postgres.database (logical replication "
+                "matches tables by schema and name)",
+                s.cdc.database,
+            )
+        )
+    schemas = sorted(s.schema_of(d) for d in s.domains)
+    for name, table in s.cdc.tables.items():
+        key = f"cdc.tables.{name}"
+        if name.split(".")[0] not in schemas:
+            problems.append(_problem(key, f"not in a domain's schema; allowed: {schemas}", name))
+        unpublished = [c for c in table.key if c not in table.columns]
+        if unpublished:
+            problems.append(
+                _problem(
+                    f"{key}.key",
+                    f"{unpublished} must be in columns: a column list must cover the replica "
+                    "identity (PostgreSQL 15 refuses UPDATE and DELETE otherwise)",
+                )
+            )
+        if len(set(table.key)) != len(table.key):
+            problems.append(_problem(f"{key}.key", "lists a column twice"))
+        if table.row_filter is not None:
+            problem = row_filter_problem(table.row_filter, table.key)
+            if problem:
+                problems.append(_problem(f"{key}.rowFilter", problem, table.row_filter))
+    if s.postgres.mode == "cnpg":
+        keep = quantity_bytes(s.cdc.max_slot_wal_keep_size) or 0
+        if keep >= (quantity_bytes(s.postgres.storage_size) or 0) / 2:
+            problems.append(
+                _problem(
+                    "cdc.maxSlotWalKeepSize",
+                    f"must be at most half of postgres.storageSize ({s.postgres.storage_size}): "
+                    "a stalled slot may hold this much WAL on the primary's volume",
+                    s.cdc.max_slot_wal_keep_size,
+                )
+            )
+    return problems
 
 
 def _pgbouncer_checks(s: StackSettings) -> list[ConfigProblem]:

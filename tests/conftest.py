@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from components.settings import StackSettings, decode_config_value, parse_settings
 from tools import mocks as recording
 from tools.render import read_stack_config, render_in_subprocess
 
@@ -38,6 +39,13 @@ def pulumi_mocks() -> Iterator[Callable[..., recording.RecordingMocks]]:
 def stack_config(stack: str) -> tuple[dict[str, str], list[str]]:
     """The config of a committed stack file, as the engine would pass it."""
     return read_stack_config(ROOT / f"Pulumi.{stack}.yaml")
+
+
+def stack_settings(stack: str) -> StackSettings:
+    """The validated settings of a committed stack file."""
+    config, secrets = stack_config(stack)
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
 def run_program(

@@ -38,8 +38,8 @@ _HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-def labels() -> dict[str, str]:
-    return pods.labels(APP_NAME, APP_COMPONENT, INSTANCE)
+def labels(app_name: str = APP_NAME, instance: str = INSTANCE) -> dict[str, str]:
+    return pods.labels(app_name, APP_COMPONENT, instance)
 
 
 def job_suffix(checksum: str) -> str:
@@ -116,9 +116,20 @@ def psql_command() -> list[str]:
 
 
 def job_body(
-    spec: BaselineJobSpec, *, config_map: pods.Placed, bundle_checksum: str
+    spec: BaselineJobSpec,
+    *,
+    config_map: pods.Placed,
+    bundle_checksum: str,
+    command: list[str] | None = None,
+    extra_env: tuple[dict[str, Any], ...] = (),
+    app_name: str = APP_NAME,
+    instance: str = INSTANCE,
 ) -> dict[str, Any]:
-    """``spec`` of the Job (and the bundle hash as an annotation of its pod)."""
+    """``spec`` of the Job (and the bundle hash as an annotation of its pod).
+
+    The defaults apply the baseline; another SQL Job of the platform (change data capture)
+    passes its own command, extra environment and labels.
+    """
     job_suffix(bundle_checksum)
     mounts = [{"name": "sql", "mountPath": SQL_DIR, "readOnly": True}]
     volumes: list[dict[str, Any]] = [
@@ -139,8 +150,8 @@ def job_body(
     container = {
         "name": "psql",
         "image": spec.image,
-        "command": psql_command(),
-        "env": psql_environment(spec),
+        "command": command or psql_command(),
+        "env": [*psql_environment(spec), *extra_env],
         "volumeMounts": mounts,
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -150,7 +161,7 @@ def job_body(
     }
     pod_spec = pods.hardened_pod_spec(
         containers=[container],
-        selector=pods.selector_labels(APP_NAME, INSTANCE),
+        selector=pods.selector_labels(app_name, instance),
         volumes=volumes,
         uid=POSTGRES_UID,
     )
@@ -163,7 +174,7 @@ def job_body(
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "template": {
                 "metadata": {
-                    "labels": labels(),
+                    "labels": labels(app_name, instance),
                     "annotations": {pods.CHECKSUM_ANNOTATION: bundle_checksum},
                 },
                 "spec": pod_spec,
@@ -172,11 +183,13 @@ def job_body(
     }
 
 
-def network_policy_body(spec: BaselineJobSpec) -> dict[str, Any]:
+def network_policy_body(
+    spec: BaselineJobSpec, *, app_name: str = APP_NAME, instance: str = INSTANCE
+) -> dict[str, Any]:
     """The Job's pods talk to the database and DNS only, and accept nothing."""
     return {
         "spec": {
-            "podSelector": {"matchLabels": pods.selector_labels(APP_NAME, INSTANCE)},
+            "podSelector": {"matchLabels": pods.selector_labels(app_name, instance)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
             "egress": [

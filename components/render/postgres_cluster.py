@@ -288,6 +288,13 @@ class ClusterInput:
     (``postInitApplicationSQLRefs``): the superuser part of the platform baseline."""
     audit_parameters: tuple[tuple[str, str], ...] = ()
     """``pgaudit.*`` parameters (components/render/audit.py); the operator loads pgaudit."""
+    extra_parameters: tuple[tuple[str, str], ...] = ()
+    """More ``postgresql.parameters`` (change data capture: ``wal_level``,
+    ``max_slot_wal_keep_size``)."""
+    extra_roles: tuple[dict[str, Any], ...] = ()
+    """More ``managed.roles`` (the publication role: only a superuser grants REPLICATION)."""
+    external_clusters: tuple[dict[str, Any], ...] = ()
+    """``externalClusters`` entries (the one a ``Subscription`` connects through)."""
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -336,6 +343,7 @@ def _postgresql(inp: ClusterInput) -> dict[str, Any]:
             "log_min_duration_statement": "1000",
             "ssl_min_protocol_version": "TLSv1.2",
             **dict(inp.audit_parameters),
+            **dict(inp.extra_parameters),
         },
         # Only TLS and SCRAM: no md5, no trust, no plain-text host lines.
         "pg_hba": ["hostssl all all all scram-sha-256"],
@@ -398,12 +406,15 @@ def cluster_spec(inp: ClusterInput) -> dict[str, Any]:
                     "inherit": True,
                     "passwordSecret": {"name": inp.admin_secret},
                     "comment": "pgplatform admin: manages roles, schemas and grants",
-                }
+                },
+                *inp.extra_roles,
             ]
         },
         "monitoring": _monitoring(inp),
         "affinity": {"enablePodAntiAffinity": True, "podAntiAffinityType": "required"},
     }
+    if inp.external_clusters:
+        spec["externalClusters"] = list(inp.external_clusters)
     if inp.backup is not None and inp.backup.method == "plugin":
         spec["plugins"] = [plugin_entry(inp.backup, archiver=True)]
     elif inp.backup is not None:

@@ -130,7 +130,9 @@ def test_program_wires_bootstrap_and_job(
     )
     checksum = bundle_checksum(bundle)
 
-    [job_resource] = mocks.by_type("kubernetes:batch/v1:Job")
+    [job_resource] = [
+        r for r in mocks.by_type("kubernetes:batch/v1:Job") if r.name.startswith("sql-baseline-")
+    ]
     assert job_resource.name == f"sql-baseline-job-{checksum[:12]}"
     [config_map] = [
         r for r in mocks.by_type("kubernetes:core/v1:ConfigMap") if r.name == "sql-baseline-sql"
