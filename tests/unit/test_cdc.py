@@ -201,8 +201,8 @@ def test_external_mode_renders_the_sql_to_apply(
     )
     assert not objects(mocks, "Subscription")
     assert not objects(mocks, "Database")
-    [config] = [c for c in objects(mocks, "ConfigMap") if "2-publisher.psql" in c.get("data", {})]
-    assert sorted(config["data"]) == [
+    [sql_map] = [c for c in objects(mocks, "ConfigMap") if "2-publisher.psql" in c.get("data", {})]
+    assert sorted(sql_map["data"]) == [
         "1-role.psql",
         "2-publisher.psql",
         "3-slot.sql",
@@ -211,7 +211,7 @@ def test_external_mode_renders_the_sql_to_apply(
     ]
     assert (
         "CREATE SUBSCRIPTION analytics_cdc CONNECTION :'publisher'"
-        in (config["data"]["5-subscription.psql"])
+        in (sql_map["data"]["5-subscription.psql"])
     )
     assert not [j for j in objects(mocks, "Job") if "cdc" in json.dumps(j["metadata"])]
 
