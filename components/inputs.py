@@ -17,9 +17,10 @@ from components.render.access import (
     ServiceClient,
     build_access_plan,
 )
-from components.render.alerts import AlertThresholds
+from components.render.alerts import AlertThresholds, CdcSlotAlert
 from components.render.audit import pgaudit_parameters
 from components.render.baseline import CacheControl, GroupRoles, Tenancy
+from components.render.cdc import SLOT, max_slot_wal_keep_size
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
@@ -35,7 +36,7 @@ from components.render.postgres_cluster import (
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
 from components.render.slo import SloObjectives
-from components.settings import StackSettings, budget_input
+from components.settings import StackSettings, budget_input, quantity_bytes
 
 
 def access_input(s: StackSettings) -> AccessInput:
@@ -98,12 +99,17 @@ def cluster_input(s: StackSettings, admin_secret: str) -> ClusterInput:
 
 def cdc_max_slot_wal_keep_size(s: StackSettings) -> str | None:
     """``max_slot_wal_keep_size`` of a stack publishing tables (None: change data capture off)."""
-    from components.render.cdc import max_slot_wal_keep_size
-    from components.settings import quantity_bytes
-
     if not s.cdc.tables:
         return None
     return max_slot_wal_keep_size(int(quantity_bytes(s.cdc.max_slot_wal_keep_size) or 0))
+
+
+def cdc_slot_alert(s: StackSettings) -> CdcSlotAlert | None:
+    """Alerts on the change data capture slot: WAL held above half of what PostgreSQL keeps."""
+    if not s.cdc.tables:
+        return None
+    keep = int(quantity_bytes(s.cdc.max_slot_wal_keep_size) or 0)
+    return CdcSlotAlert(slot=SLOT, retained_wal_bytes=keep // 2)
 
 
 def backup_store(s: StackSettings) -> ObjectStoreInput | None:

@@ -17,7 +17,7 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.render import observability as render
 from components.render import pods
-from components.render.alerts import AlertThresholds, render_prometheus_rules
+from components.render.alerts import AlertThresholds, CdcSlotAlert, render_prometheus_rules
 from components.render.checksum import content_checksum
 from components.render.dashboards import render_dashboards
 from components.render.metrics_catalog import TargetNaming, postgres_exporter_queries_yaml
@@ -70,6 +70,8 @@ class ObservabilityStackArgs:
     """Backups and the restore check exist: their alerts are rendered."""
     slos: Mapping[str, SloObjectives] | None = None
     """Domain -> SLOs: recording rules, burn-rate alerts and the error-budget panel."""
+    cdc: CdcSlotAlert | None = None
+    """The change data capture slot to watch (when ``cdc.tables`` lists tables)."""
     exporter: render.ExporterInput | None = None
     exporter_secrets: ExporterSecrets | None = None
     labels: Mapping[str, str] = field(
@@ -127,6 +129,7 @@ def rule_spec(args: ObservabilityStackArgs) -> dict[str, Any]:
         expected_replicas=args.expected_replicas,
         naming=args.naming,
         slos=args.slos,
+        cdc=args.cdc,
     )
     if not args.backups:
         spec["groups"] = [g for g in spec["groups"] if g["name"] != BACKUP_RULE_GROUP]
@@ -395,6 +398,7 @@ def observability_args(
         runbook_base_url=s.observability.runbook_base_url,
         backups=inputs.backup_store(s) is not None,
         slos=inputs.slo_objectives(s),
+        cdc=inputs.cdc_slot_alert(s),
         exporter=exporter,
         exporter_secrets=secrets,
     )

@@ -37,6 +37,9 @@ ALERT_NAMES: Final = (
     "RestoreVerificationFailed",
     "RestoreVerificationStale",
     "PodCrashLooping",
+    "CdcSlotInactive",
+    "CdcSlotMissing",
+    "CdcSlotRetainedWalHigh",
     *SLO_ALERT_NAMES,
 )
 
@@ -317,6 +320,79 @@ def _database_rules(
     return rules
 
 
+@dataclass(frozen=True, kw_only=True)
+class CdcSlotAlert:
+    """The logical slot of change data capture and how much WAL it may hold before we page."""
+
+    slot: str
+    retained_wal_bytes: int
+    """Alert above this (half of ``max_slot_wal_keep_size``, where PostgreSQL drops the slot)."""
+
+    def __post_init__(self) -> None:
+        if not self.slot.replace("_", "a").isalnum() or self.slot != self.slot.lower():
+            raise ValueError(f"slot: a lowercase slot name, got {self.slot!r}")
+        if self.retained_wal_bytes <= 0:
+            raise ValueError(f"retained_wal_bytes: must be positive, got {self.retained_wal_bytes}")
+
+
+def _cdc_rules(sel: Selectors, mode: PostgresMode, cdc: CdcSlotAlert) -> list[_Rule]:
+    """The slot of the analytics subscription: consumed, present, not holding too much WAL.
+
+    PostgreSQL 15 keeps logical slots on the primary only (no slot synchronisation before 17): a
+    failover or a restore leaves the new primary without the slot, which only ``absent`` sees.
+    """
+    m = postgres_metrics(mode)
+    slot = f'{sel.postgres}, slot_name="{cdc.slot}"'
+    gib = cdc.retained_wal_bytes / 1024**3
+    return [
+        _Rule(
+            name="CdcSlotInactive",
+            severity="warning",
+            component="cdc",
+            expr=f"max by (namespace, slot_name) ({m.slot_active}{{{slot}}}) == 0",
+            for_="10m",
+            summary=f"Nothing consumes the replication slot {cdc.slot}",
+            description=(
+                f"The logical slot {cdc.slot} has had no consumer for 10 minutes: the analytics "
+                "subscription is down or failing (disabled, an apply error, the target database "
+                "unreachable) and the primary keeps WAL for it."
+            ),
+        ),
+        _Rule(
+            name="CdcSlotMissing",
+            severity="warning",
+            component="cdc",
+            expr=f"absent({m.slot_active}{{{slot}}})",
+            for_="15m",
+            summary=f"The replication slot {cdc.slot} does not exist",
+            description=(
+                f"No server reports the logical slot {cdc.slot}. PostgreSQL 15 does not copy "
+                "logical slots to standbys: after a failover, switchover or restore the new "
+                "primary has none, and the analytics database stops receiving changes until it "
+                "is re-synchronised."
+            ),
+        ),
+        _Rule(
+            name="CdcSlotRetainedWalHigh",
+            severity="warning",
+            component="cdc",
+            expr=(
+                f"max by (namespace, slot_name) ({m.slot_retained_wal_bytes}{{{slot}}})"
+                f" > {cdc.retained_wal_bytes}"
+            ),
+            for_="10m",
+            summary=(
+                f"The replication slot {cdc.slot} holds {{{{ $value | humanize1024 }}}}B of WAL"
+            ),
+            description=(
+                f"The logical slot {cdc.slot} keeps more than {gib:g}GiB of WAL on the primary: "
+                "the subscriber falls behind. At twice this (max_slot_wal_keep_size) PostgreSQL "
+                "invalidates the slot and the analytics database must be re-synchronised."
+            ),
+        ),
+    ]
+
+
 def _pool_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
     return [
         _Rule(
@@ -444,8 +520,11 @@ def render_prometheus_rules(
     expected_replicas: int = 0,
     naming: TargetNaming | None = None,
     slos: Mapping[str, SloObjectives] | None = None,
+    cdc: CdcSlotAlert | None = None,
 ) -> dict[str, Any]:
     """The PrometheusRule ``spec``: one group per concern, per-domain API rules.
+
+    ``cdc`` (change data capture on) adds the rules about its replication slot.
 
     ``slos`` (domain -> objectives, one per domain) adds the SLO recording rules and burn-rate
     alerts of ``render.slo``; without it they are left out.
@@ -483,6 +562,8 @@ def render_prometheus_rules(
     ]
     if postgres_mode == "cnpg":
         groups.append(("pgplatform-backup", _backup_rules(sel, thresholds)))
+    if cdc is not None:
+        groups.append(("pgplatform-cdc", _cdc_rules(sel, postgres_mode, cdc)))
     groups.append(("pgplatform-kubernetes", _kubernetes_rules(sel)))
     rendered = [
         {"name": name, "rules": [_rule_dict(rule, base) for rule in rules]}

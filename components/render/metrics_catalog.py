@@ -176,6 +176,8 @@ class PostgresMetrics:
     schema_activity_prefix: str
     rls_guard: str  # 1 while the RLS guard's event trigger is installed and enabled
     instance_label: str  # the label that tells two database servers apart
+    slot_active: str  # per replication slot (label slot_name): 1 while a consumer streams
+    slot_retained_wal_bytes: str  # per slot: WAL between the current position and restart_lsn
 
     def max_connections_expr(self, selector: str) -> str:
         """The ``max_connections`` setting as a series scoped by ``selector``."""
@@ -194,6 +196,9 @@ CNPG_METRICS: Final = PostgresMetrics(
     schema_activity_prefix="cnpg_pg_schema_activity",
     rls_guard="cnpg_pg_platform_guard_rls_guard_installed",
     instance_label="pod",
+    # CloudNativePG's default query pg_replication_slots (non-temporary slots).
+    slot_active="cnpg_pg_replication_slots_active",
+    slot_retained_wal_bytes="cnpg_pg_replication_slots_pg_wal_lsn_diff",
 )
 
 EXPORTER_METRICS: Final = PostgresMetrics(
@@ -208,6 +213,9 @@ EXPORTER_METRICS: Final = PostgresMetrics(
     schema_activity_prefix="pg_schema_activity",
     rls_guard="pg_platform_guard_rls_guard_installed",
     instance_label="instance",
+    # postgres_exporter's built-in pg_replication_slots query.
+    slot_active="pg_replication_slots_active",
+    slot_retained_wal_bytes="pg_replication_slots_pg_wal_lsn_diff",
 )
 
 

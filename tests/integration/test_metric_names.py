@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import yaml
 
-from components.render.alerts import default_thresholds, render_prometheus_rules
+from components.render.alerts import CdcSlotAlert, default_thresholds, render_prometheus_rules
 from components.render.baseline import baseline_sql_files
 from components.render.dashboards import dashboard_expressions, render_dashboards
 from components.render.metrics_catalog import (
@@ -53,6 +53,7 @@ pytestmark = pytest.mark.integration
 
 METRIC_LISTS = Path(__file__).resolve().parent.parent / "data" / "metrics"
 DOMAINS = ("identity", "content", "analytics")
+PROBE_SLOT = "metrics_probe_slot"
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)")
 
 
@@ -67,6 +68,7 @@ def used_names(mode: PostgresMode) -> frozenset[str]:
         max_connections=400,
         postgres_mode=mode,
         expected_replicas=2,
+        cdc=CdcSlotAlert(slot=PROBE_SLOT, retained_wal_bytes=1024**3),
     )
     dashboards = render_dashboards(
         namespace="pgplatform",
@@ -102,11 +104,17 @@ def monitored_database(
                 f"INSERT INTO {schema}.item SELECT g, 'n' || g FROM generate_series(1, 20) g"
             )
             conn.execute(f"SELECT count(*) FROM {schema}.item WHERE id > 5")
+        # A slot holding WAL, for the replication slot metrics (dropped again below).
+        conn.execute(f"SELECT pg_create_physical_replication_slot('{PROBE_SLOT}', true)")
     try:
         yield dbname, role, password
     finally:
         with pg_cluster.connect() as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                f"WHERE slot_name = '{PROBE_SLOT}'"
+            )
 
 
 def scrape(url: str, process: subprocess.Popen[bytes], deadline: float) -> str:
@@ -177,6 +185,7 @@ def test_every_postgres_exporter_metric_we_use_is_scraped(exporter_scrape: str) 
     # Series our own SLO rules record are proven against the rendered rules (test_slo.py).
     needed = used_names("external") - documented - RECORDED_NAMES
     assert {"pg_up", "pg_stat_activity_count", "pg_stat_statements_calls_total"} <= needed
+    assert {"pg_replication_slots_active", "pg_replication_slots_pg_wal_lsn_diff"} <= needed
     missing = needed - scraped_names(exporter_scrape)
     assert not missing, f"used by alerts/dashboards but not in a real scrape: {sorted(missing)}"
 

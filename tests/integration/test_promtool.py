@@ -18,6 +18,7 @@ import pytest
 
 from components.render.alerts import (
     AlertThresholds,
+    CdcSlotAlert,
     default_thresholds,
     render_prometheus_rules,
 )
@@ -47,6 +48,9 @@ FIXED_THRESHOLDS = AlertThresholds(
     restore_check_max_age_days=2,
 )
 
+# The change data capture slot the Cdc* cases are computed from (1GiB held raises the alert).
+FIXED_CDC = CdcSlotAlert(slot="analytics_cdc", retained_wal_bytes=1024**3)
+
 # The objectives tests/promtool/slo.yaml is computed from (error budgets 0.1% and 5%).
 FIXED_SLOS = {
     domain: SloObjectives(availability=99.9, latency_p95_ms=250, window="30d")
@@ -63,6 +67,7 @@ def fixed_rules(
     *,
     thresholds: AlertThresholds = FIXED_THRESHOLDS,
     slos: dict[str, SloObjectives] | None = None,
+    cdc: CdcSlotAlert = FIXED_CDC,
 ) -> dict[str, Any]:
     """The rules tests/promtool/*.yaml were written against (or a variation of them)."""
     return render_prometheus_rules(
@@ -75,6 +80,7 @@ def fixed_rules(
         postgres_mode=mode,
         expected_replicas=2,
         slos=slos,
+        cdc=cdc,
     )
 
 
@@ -102,6 +108,7 @@ def test_rendered_rules_pass_promtool_check(
         postgres_mode=mode,
         expected_replicas=2,
         slos={d: SloObjectives(availability=99.5, latency_p95_ms=500) for d in domains},
+        cdc=FIXED_CDC,
     )
     rules = write_yaml(tmp_path / f"{environment}-{mode}.yaml", spec)
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
@@ -133,6 +140,17 @@ def test_promtool_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     result = promtool("test", "rules", "alerts-cnpg.yaml", cwd=tmp_path)
     assert result.returncode != 0
     assert "PostgresConnectionsNearLimit" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", POSTGRES_MODES)
+def test_cdc_cases_catch_a_changed_wal_threshold(tmp_path: Path, mode: PostgresMode) -> None:
+    """The retained-WAL cases sit around 1GiB: a 2GiB threshold fails them."""
+    looser = CdcSlotAlert(slot="analytics_cdc", retained_wal_bytes=2 * 1024**3)
+    write_yaml(tmp_path / f"rules-{mode}.yaml", fixed_rules(mode, cdc=looser))
+    shutil.copy(PROMTOOL_TESTS / f"alerts-{mode}.yaml", tmp_path / f"alerts-{mode}.yaml")
+    result = promtool("test", "rules", f"alerts-{mode}.yaml", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "CdcSlotRetainedWalHigh" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
