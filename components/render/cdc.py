@@ -49,6 +49,8 @@ SLOT_FILE: Final = "slot.sql"
 SUBSCRIBER_FILE: Final = "subscriber.sql"
 ROLE_FILE: Final = "role.psql"
 SUBSCRIPTION_FILE: Final = "subscription.psql"
+PAUSE_FILE: Final = "pause.sql"
+RESYNC_FILE: Final = "resync.sql"
 JOB_SCRIPT: Final = "apply.sh"
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -483,8 +485,40 @@ def render_job_script(*, source_database: str, target_database: str) -> str:
     )
 
 
+def render_pause_sql() -> str:
+    """``pause.sql`` (analytics database): stop applying before the slot is made again, so the
+    old subscription never resumes from a new slot's later position (a silent gap)."""
+    return "\n".join(
+        [
+            "-- Re-sync, step 1 (docs/runbooks/CdcSlotMissing.md): stop the subscription.",
+            f"ALTER SUBSCRIPTION {SUBSCRIPTION} DISABLE;",
+            "",
+        ]
+    )
+
+
+def render_resync_sql(plan: CdcPlan) -> str:
+    """``resync.sql`` (analytics database, once the slot exists again): drop the subscription
+    without touching the slot and empty its tables, in one transaction. The subscription is then
+    created again (CloudNativePG's ``Subscription`` does so by itself; external mode re-applies
+    ``subscription.psql``) and copies every table anew."""
+    targets = ", ".join(t.qualified for t in plan.tables)
+    return "\n".join(
+        [
+            "-- Re-sync, step 3 (docs/runbooks/CdcSlotMissing.md): a fresh copy of every table.",
+            "BEGIN;",
+            f"ALTER SUBSCRIPTION {SUBSCRIPTION} DISABLE;",
+            f"ALTER SUBSCRIPTION {SUBSCRIPTION} SET (slot_name = NONE);",
+            f"DROP SUBSCRIPTION {SUBSCRIPTION};",
+            f"TRUNCATE {targets};",
+            "COMMIT;",
+            "",
+        ]
+    )
+
+
 def job_files(plan: CdcPlan) -> dict[str, str]:
-    """ConfigMap data of the cnpg Job."""
+    """ConfigMap data of the cnpg Job (and the re-sync runbook's SQL)."""
     return {
         JOB_SCRIPT: render_job_script(
             source_database=plan.source_database, target_database=plan.target_database
@@ -492,6 +526,8 @@ def job_files(plan: CdcPlan) -> dict[str, str]:
         PUBLISHER_FILE: render_publisher_psql(plan),
         SLOT_FILE: render_slot_sql(),
         SUBSCRIBER_FILE: render_subscriber_sql(plan),
+        PAUSE_FILE: render_pause_sql(),
+        RESYNC_FILE: render_resync_sql(plan),
     }
 
 
@@ -503,6 +539,8 @@ def external_files(plan: CdcPlan) -> dict[str, str]:
         f"3-{SLOT_FILE}": render_slot_sql(),
         f"4-{SUBSCRIBER_FILE}": render_subscriber_sql(plan),
         f"5-{SUBSCRIPTION_FILE}": render_subscription_psql(),
+        PAUSE_FILE: render_pause_sql(),
+        RESYNC_FILE: render_resync_sql(plan),
     }
 
 

@@ -437,3 +437,60 @@ def test_analytics_database_in_the_same_cluster(
             check=False,
         )
         assert again.returncode == 0, again.stderr
+
+
+def test_resync_after_the_slot_is_lost(pipeline: Pipeline, tmp_path: Path) -> None:
+    """What a failover does to a PostgreSQL 15 logical slot (the new primary has none), and the
+    runbook's way back: pause, make the slot again, drop and refill the subscription."""
+    pub, sub = pipeline.publisher, pipeline.subscriber
+    files = write_files(tmp_path, cdc.job_files(PLAN))
+    for name in files.iterdir():
+        give_to_server_user(name)
+    write(pub, "INSERT INTO identity.accounts (sub, display_name) VALUES ('gap-0', 'Before')")
+    wait_for(
+        lambda: (
+            rows(sub, "SELECT count(*) FROM identity.accounts")
+            == rows(pub, "SELECT count(*) FROM identity.accounts", DATABASE)
+        ),
+        "the subscriber to catch up",
+    )
+    # The runbook runs these with `kubectl cnpg psql`: the superuser that owns the subscription.
+    superuser = {"user": sub.superuser, "password": sub.superuser_password}
+    paused = psql(sub, TARGET, files / cdc.PAUSE_FILE, **superuser)
+    assert paused.returncode == 0, paused.stderr
+    wait_for(
+        lambda: rows(pub, "SELECT active FROM pg_replication_slots", DATABASE) == [(False,)],
+        "the slot to be released",
+    )
+    with pub.connect(DATABASE) as conn:
+        conn.execute(f"SELECT pg_drop_replication_slot('{cdc.SLOT}')")
+    # Changes while the slot is missing: no slot keeps them for the subscriber.
+    write(
+        pub,
+        "INSERT INTO identity.accounts (sub, display_name) VALUES ('gap-1', 'During')",
+        "DELETE FROM identity.accounts WHERE sub = 'gap-0'",
+        "UPDATE content.articles SET published = NOT published",
+    )
+    for name in (cdc.PUBLISHER_FILE, cdc.SLOT_FILE):
+        rerun = psql(
+            pub,
+            DATABASE,
+            files / name,
+            **({"user": cdc.ROLE, "password": CDC_PASSWORD} if name == cdc.SLOT_FILE else {}),
+        )
+        assert rerun.returncode == 0, rerun.stderr
+    write(pub, "INSERT INTO identity.accounts (sub, display_name) VALUES ('gap-2', 'After')")
+    [(gap_id,)] = rows(pub, "SELECT id FROM identity.accounts WHERE sub = 'gap-1'", DATABASE)
+    assert rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {gap_id}") == [(0,)]
+    resynced = psql(sub, TARGET, files / cdc.RESYNC_FILE, **superuser)
+    assert resynced.returncode == 0, resynced.stderr
+    subscribe(sub, pub)  # what CloudNativePG's Subscription does once the subscription is gone
+
+    def same() -> bool:
+        accounts = "SELECT id, created_at FROM identity.accounts ORDER BY id"
+        articles = "SELECT id, title FROM content.articles WHERE published ORDER BY id"
+        return rows(sub, accounts) == rows(pub, accounts, DATABASE) and rows(
+            sub, articles.replace(" WHERE published", "")
+        ) == rows(pub, articles, DATABASE)
+
+    wait_for(same, "the analytics database to equal the published rows again")

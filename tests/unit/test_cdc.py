@@ -208,6 +208,8 @@ def test_external_mode_renders_the_sql_to_apply(
         "3-slot.sql",
         "4-subscriber.sql",
         "5-subscription.psql",
+        "pause.sql",
+        "resync.sql",
     ]
     assert (
         "CREATE SUBSCRIPTION analytics_cdc CONNECTION :'publisher'"
