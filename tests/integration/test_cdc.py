@@ -471,14 +471,11 @@ def test_resync_after_the_slot_is_lost(pipeline: Pipeline, tmp_path: Path) -> No
         "DELETE FROM identity.accounts WHERE sub = 'gap-0'",
         "UPDATE content.articles SET published = NOT published",
     )
-    for name in (cdc.PUBLISHER_FILE, cdc.SLOT_FILE):
-        rerun = psql(
-            pub,
-            DATABASE,
-            files / name,
-            **({"user": cdc.ROLE, "password": CDC_PASSWORD} if name == cdc.SLOT_FILE else {}),
-        )
-        assert rerun.returncode == 0, rerun.stderr
+    # Step 2: the Job again (the publication, then the slot as the publication role).
+    rerun = psql(pub, DATABASE, files / cdc.PUBLISHER_FILE)
+    assert rerun.returncode == 0, rerun.stderr
+    rerun = psql(pub, DATABASE, files / cdc.SLOT_FILE, user=cdc.ROLE, password=CDC_PASSWORD)
+    assert rerun.returncode == 0, rerun.stderr
     write(pub, "INSERT INTO identity.accounts (sub, display_name) VALUES ('gap-2', 'After')")
     [(gap_id,)] = rows(pub, "SELECT id FROM identity.accounts WHERE sub = 'gap-1'", DATABASE)
     assert rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {gap_id}") == [(0,)]
