@@ -14,6 +14,7 @@ import yaml
 from components.render.alerts import (
     ALERT_NAMES,
     AlertThresholds,
+    CdcSlotAlert,
     default_thresholds,
     render_prometheus_rules,
 )
@@ -50,6 +51,7 @@ def render(**overrides: Any) -> dict[str, Any]:
         "expected_replicas": 2,
     } | overrides
     args.setdefault("slos", dict.fromkeys(args["domains"], SLOS))
+    args.setdefault("cdc", CdcSlotAlert(slot="analytics_cdc", retained_wal_bytes=2 * 1024**3))
     return render_prometheus_rules(**args)
 
 
@@ -262,6 +264,8 @@ def test_every_metric_comes_from_a_documented_list(mode: PostgresMode) -> None:
             "pg_stat_activity_count",
             "pg_settings_max_connections",
             "pg_stat_activity_max_tx_duration",
+            "pg_replication_slots_active",
+            "pg_replication_slots_pg_wal_lsn_diff",
         }
 
 

@@ -54,6 +54,8 @@ KINDS = {
     "backup": "Backup",
     "backups": "Backup",
     "events": "Event",
+    "subscription": "Subscription",
+    "subscriptions": "Subscription",
 }
 RUNTIME_KINDS = frozenset({"Pod", "Backup", "Event"})
 """Objects the cluster creates at run time (pods, CloudNativePG backups, events): their names
@@ -68,10 +70,14 @@ CONDITIONAL: Mapping[str, str] = {
     r"CronJob/postgres-db-restore-check": "prod",
     r"ConfigMap/app\.kubernetes\.io/name=restore-check": "prod",
     r"Secret/[a-z-]+-postgrest-jwks": "prod",
+    # Change data capture: the staging stack publishes tables, prod does not (yet).
+    r"Subscription/postgres-db-analytics-cdc": "staging",
+    r"(Job|ConfigMap)/app\.kubernetes\.io/name=cdc": "staging",
 }
 """References to objects only some stacks have, and the render that must have them: the
 exporter exists for an external database only, the restore check where backups are on, the
-JWKS Secrets where tokens are verified with the identity provider's keys (auth.mode jwks)."""
+JWKS Secrets where tokens are verified with the identity provider's keys (auth.mode jwks), the
+change data capture objects where cdc.tables lists tables."""
 CREATED_BY_THE_PROCEDURE = frozenset({"Cluster/postgres-db-pitr"})
 """docs/backups.md creates this recovery cluster itself (``kubectl create -f recovery.json``)."""
 
