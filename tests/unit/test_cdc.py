@@ -36,7 +36,7 @@ def problems(raw: dict[str, Any], stack: str = "staging") -> dict[str, str]:
     [
         ({"accounts": ACCOUNTS}, "pgplatform:cdc.tables.accounts", "'schema.table'"),
         ({"Identity.Accounts": ACCOUNTS}, "pgplatform:cdc.tables.Identity.Accounts", "lower case"),
-        ({"billing.invoices": ACCOUNTS}, "pgplatform:cdc.tables.billing.invoices", "domain's"),
+        ({"ledger.invoices": ACCOUNTS}, "pgplatform:cdc.tables.ledger.invoices", "domain's"),
         (
             {"identity.accounts": {**ACCOUNTS, "key": ["sub"]}},
             "pgplatform:cdc.tables.identity.accounts.key",
