@@ -59,10 +59,22 @@ def psql(
     *,
     user: str = ADMIN,
     password: str = ADMIN_PASSWORD,
+    variables: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``psql -X -f file`` over TCP with verification, as the Job's container runs it."""
+    given = [f"--variable={name}={value}" for name, value in (variables or {}).items()]
     return subprocess.run(
-        [str(PG_BIN / "psql"), "-X", "-v", "ON_ERROR_STOP=1", "-d", dbname, "-f", str(file)],
+        [
+            str(PG_BIN / "psql"),
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            *given,
+            "-d",
+            dbname,
+            "-f",
+            str(file),
+        ],
         env=connection_env(cluster, user, password),
         capture_output=True,
         text=True,
@@ -90,15 +102,17 @@ def write_files(directory: Path, files: dict[str, str]) -> Path:
     return directory
 
 
-def prepare_publisher(cluster: PgCluster, build: Path) -> None:
-    """The staging database, the admin as CloudNativePG makes it, and the managed CDC role."""
+def prepare_publisher(cluster: PgCluster, build: Path, *, managed_role: bool = True) -> None:
+    """The staging database, the admin as CloudNativePG makes it, and (``managed_role``) the
+    CDC role as the Cluster's managed role creates it."""
     prepare_stack_database(cluster, cluster.create_database(DATABASE), build)
     with cluster.connect(DATABASE) as conn:
         conn.execute(f"CREATE ROLE {ADMIN} LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}'")
         conn.execute(f"ALTER DATABASE {DATABASE} OWNER TO {ADMIN}")
-        conn.execute(
-            f"CREATE ROLE {cdc.ROLE} LOGIN REPLICATION NOINHERIT PASSWORD '{CDC_PASSWORD}'"
-        )
+        if managed_role:
+            conn.execute(
+                f"CREATE ROLE {cdc.ROLE} LOGIN REPLICATION NOINHERIT PASSWORD '{CDC_PASSWORD}'"
+            )
         # Rows written before the subscription: the initial copy must bring them.
         conn.execute(
             "INSERT INTO identity.accounts (sub, display_name, email) "
@@ -116,8 +130,8 @@ def prepare_target(cluster: PgCluster) -> None:
         conn.execute(f"CREATE DATABASE {TARGET} OWNER {ADMIN}")
 
 
-def subscribe(subscriber: PgCluster, publisher: PgCluster) -> None:
-    """``CREATE SUBSCRIPTION`` as CloudNativePG builds it from the rendered objects."""
+def publisher_conninfo(subscriber: PgCluster, publisher: PgCluster) -> str:
+    """The connection the rendered ``externalClusters`` entry describes, with its password."""
     spec = cdc.subscription_spec(PLAN, cluster="postgres-db")
     entry = cdc.external_cluster(
         host=publisher.host,
@@ -133,7 +147,13 @@ def subscribe(subscriber: PgCluster, publisher: PgCluster) -> None:
     # The test servers run with root's HOME: point libpq past ~/.postgresql's client cert.
     params["sslcert"] = str(subscriber.socket_dir / "no-client.crt")
     params["sslkey"] = str(subscriber.socket_dir / "no-client.key")
-    conninfo = " ".join(f"{key}={value}" for key, value in params.items())
+    return " ".join(f"{key}={value}" for key, value in params.items())
+
+
+def subscribe(subscriber: PgCluster, publisher: PgCluster) -> None:
+    """``CREATE SUBSCRIPTION`` as CloudNativePG builds it from the rendered objects."""
+    spec = cdc.subscription_spec(PLAN, cluster="postgres-db")
+    conninfo = publisher_conninfo(subscriber, publisher)
     options = ", ".join(f"{key} = '{value}'" for key, value in spec["parameters"].items())
     with subscriber.connect(spec["dbname"]) as conn:
         conn.execute(
@@ -455,8 +475,9 @@ def test_resync_after_the_slot_is_lost(pipeline: Pipeline, tmp_path: Path) -> No
         "the subscriber to catch up",
     )
     # The runbook runs these with `kubectl cnpg psql`: the superuser that owns the subscription.
-    superuser = {"user": sub.superuser, "password": sub.superuser_password}
-    paused = psql(sub, TARGET, files / cdc.PAUSE_FILE, **superuser)
+    paused = psql(
+        sub, TARGET, files / cdc.PAUSE_FILE, user=sub.superuser, password=sub.superuser_password
+    )
     assert paused.returncode == 0, paused.stderr
     wait_for(
         lambda: rows(pub, "SELECT active FROM pg_replication_slots", DATABASE) == [(False,)],
@@ -479,7 +500,9 @@ def test_resync_after_the_slot_is_lost(pipeline: Pipeline, tmp_path: Path) -> No
     write(pub, "INSERT INTO identity.accounts (sub, display_name) VALUES ('gap-2', 'After')")
     [(gap_id,)] = rows(pub, "SELECT id FROM identity.accounts WHERE sub = 'gap-1'", DATABASE)
     assert rows(sub, f"SELECT count(*) FROM identity.accounts WHERE id = {gap_id}") == [(0,)]
-    resynced = psql(sub, TARGET, files / cdc.RESYNC_FILE, **superuser)
+    resynced = psql(
+        sub, TARGET, files / cdc.RESYNC_FILE, user=sub.superuser, password=sub.superuser_password
+    )
     assert resynced.returncode == 0, resynced.stderr
     subscribe(sub, pub)  # what CloudNativePG's Subscription does once the subscription is gone
 
@@ -491,3 +514,47 @@ def test_resync_after_the_slot_is_lost(pipeline: Pipeline, tmp_path: Path) -> No
         ) == rows(pub, articles, DATABASE)
 
     wait_for(same, "the analytics database to equal the published rows again")
+
+
+def test_external_mode_files_applied_in_order(
+    rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Mode external: the five files, each as the role the docs name, the secrets given as psql
+    variables; then changes arrive as in mode cnpg."""
+    files = write_files(tmp_path / "external", cdc.external_files(PLAN))
+    for path in files.iterdir():
+        give_to_server_user(path)
+    with (
+        running_cluster(tls=True, settings={"wal_level": "logical"}) as pub,
+        running_cluster(settings={"wal_retrieve_retry_interval": "'500ms'"}) as sub,
+    ):
+        prepare_publisher(pub, rendered_stack("staging"), managed_role=False)
+        prepare_target(sub)
+        steps = [
+            (pub, DATABASE, "1-role.psql", pub.superuser, pub.superuser_password),
+            (pub, DATABASE, "2-publisher.psql", ADMIN, ADMIN_PASSWORD),
+            (pub, DATABASE, "3-slot.sql", cdc.ROLE, CDC_PASSWORD),
+            (sub, TARGET, "4-subscriber.sql", ADMIN, ADMIN_PASSWORD),
+            (sub, TARGET, "5-subscription.psql", sub.superuser, sub.superuser_password),
+        ]
+        variables = {"password": CDC_PASSWORD, "publisher": publisher_conninfo(sub, pub)}
+        for cluster, dbname, name, user, password in steps:
+            done = psql(
+                cluster, dbname, files / name, user=user, password=password, variables=variables
+            )
+            assert done.returncode == 0, f"{name}: {done.stderr}"
+        wait_for(
+            lambda: rows(sub, "SELECT count(*) FROM identity.accounts") == [(3,)],
+            "the initial copy",
+        )
+        write(pub, "INSERT INTO identity.accounts (sub, display_name) VALUES ('ext-1', 'E')")
+        wait_for(
+            lambda: rows(sub, "SELECT count(*) FROM identity.accounts") == [(4,)],
+            "an insert through the external-mode subscription",
+        )
+        # Applying the role and subscription files again updates both in place.
+        for cluster, dbname, name, user, password in (steps[0], steps[4]):
+            again = psql(
+                cluster, dbname, files / name, user=user, password=password, variables=variables
+            )
+            assert again.returncode == 0, f"{name}: {again.stderr}"
