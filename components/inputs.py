@@ -24,6 +24,7 @@ from components.render.cdc import SLOT, max_slot_wal_keep_size
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
+from components.render.masking import MaskRule, masking_rules
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
 from components.render.postgraphile import PostgraphileInput
@@ -169,6 +170,11 @@ def tenancy(s: StackSettings) -> Tenancy:
     )
 
 
+def masking(s: StackSettings) -> tuple[MaskRule, ...]:
+    """Masked columns per API role (masking) for the SQL baseline."""
+    return masking_rules(s.masking)
+
+
 def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     """The ordered SQL bundle: access plan, then the platform baseline for the exposed schemas."""
     from components.render.access import render_access_sql
@@ -177,7 +183,9 @@ def sql_files(s: StackSettings) -> list[tuple[str, str]]:
     access = render_access_sql(access_plan(s), s.postgres.database)
     return [
         (ACCESS_FILE, access),
-        *stack_sql_files(exposed_schemas(s), group_roles(s), cache_control(s), tenancy(s)),
+        *stack_sql_files(
+            exposed_schemas(s), group_roles(s), cache_control(s), tenancy(s), masking(s)
+        ),
     ]
 
 

@@ -161,6 +161,7 @@ def build_platform(s: StackSettings) -> Platform:
             group_roles=inputs.group_roles(s),
             cache_control=inputs.cache_control(s),
             tenancy=inputs.tenancy(s),
+            masking=inputs.masking(s),
             endpoint=database.endpoint,
         ),
         opts=after(access),

@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_camel
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
 from components.render import durations, schedules
 from components.render.baseline import validate_cache_control
+from components.render.masking import PRIVATE_SUFFIX, parse_column_key, parse_function
 from components.render.postgrest import validate_audience, validate_role_claim_key
 from components.render.slo import availability_problem, latency_problem, window_days
 
@@ -63,6 +64,7 @@ RESERVED_NAMES: Final = frozenset(
         "postgraphile",
         "pgplatform_owner",
         "pgplatform_audit_writer",
+        "pgplatform_masking",
         "pgplatform_admin",
         "pgplatform_monitor",
         "pgbouncer_auth",
@@ -729,6 +731,8 @@ class StackSettings(_Model):
     cdc: CdcSettings
     # Keep the Cluster, ObjectStore, Vault KV entries and schemas from deletion (protection.py).
     protect_data: bool
+    # schema.table.column -> {API role: masking function}; checked in _masking_checks.
+    masking: dict[str, dict[str, str]] = Field(default_factory=dict)
     postgres_admin_password: SecretStr | None = None
     jwt_secret: SecretStr | None = None
 
@@ -1145,6 +1149,48 @@ def _cache_control_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _masking_checks(s: StackSettings) -> list[ConfigProblem]:
+    """masking: columns of exposed schemas, API roles of the stack, known functions."""
+    problems = []
+    roles = ["api_user", "api_editor", "api_admin", *(f"api_service_{c.name}" for c in s.services)]
+    allowed = ["api_anonymous", *roles] if s.auth.anonymous else roles
+    schemas = [s.schema_of(name) for name in s.domains]
+    for column, rules in s.masking.items():
+        key = f"masking.{column}"
+        try:
+            schema, _, _ = parse_column_key(column)
+        except ValueError as error:
+            problems.append(_problem(key, str(error), column))
+            continue
+        if schema not in schemas:
+            problems.append(
+                _problem(key, f"schema {schema!r} is not served by a domain: {schemas}", column)
+            )
+        if f"{schema}{PRIVATE_SUFFIX}" in schemas:
+            problems.append(
+                _problem(
+                    key,
+                    f"{schema}{PRIVATE_SUFFIX} is where masked tables of {schema} move; "
+                    "no domain may serve it",
+                    column,
+                )
+            )
+        if not rules:
+            problems.append(
+                _problem(key, f"name at least one role: {{role: function}} ({allowed})")
+            )
+        for role, function in rules.items():
+            if role not in allowed:
+                problems.append(
+                    _problem(f"{key}.{role}", f"not an API role of this stack: {allowed}", role)
+                )
+            try:
+                parse_function(function)
+            except ValueError as error:
+                problems.append(_problem(f"{key}.{role}", str(error), function))
+    return problems
+
+
 def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
     """Rules spanning several keys; run once every key is individually valid."""
     return (
@@ -1154,6 +1200,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _postgres_checks(s)
         + _domain_checks(s)
         + _cache_control_checks(s)
+        + _masking_checks(s)
         + _service_checks(s)
         + _tenancy_checks(s)
         + _feature_checks(s)

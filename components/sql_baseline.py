@@ -34,6 +34,7 @@ from components.render.baseline import (
     bundle_checksum,
     job_bundle,
 )
+from components.render.masking import MaskRule
 from components.render.pgbouncer_pool import DatabaseEgress
 
 
@@ -52,6 +53,8 @@ class SqlBaselineArgs:
     """Cache-Control per domain schema and API role (``domains.<name>.cacheControl``)."""
     tenancy: Tenancy = NO_TENANCY
     """Tenanted domains and tenant-bound machine clients (``domains.<name>.tenancy``)."""
+    masking: tuple[MaskRule, ...] = ()
+    """Masked columns per API role (``masking``)."""
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
 
@@ -61,7 +64,7 @@ class SqlBaselineArgs:
         if self.sslmode not in render.SSLMODES:
             raise ValueError(f"sslmode: one of {render.SSLMODES}, got {self.sslmode!r}")
         job_bundle(
-            self.exposed_schemas, self.group_roles, self.cache_control, self.tenancy
+            self.exposed_schemas, self.group_roles, self.cache_control, self.tenancy, self.masking
         )  # validates the schema names
 
 
@@ -82,7 +85,7 @@ class SqlBaseline(pulumi.ComponentResource):
         ns = args.namespace
         labels = render.labels()
         bundle = job_bundle(
-            args.exposed_schemas, args.group_roles, args.cache_control, args.tenancy
+            args.exposed_schemas, args.group_roles, args.cache_control, args.tenancy, args.masking
         )
         checksum = bundle_checksum(bundle)
         child = pulumi.ResourceOptions(parent=self)

@@ -24,6 +24,8 @@ PG_MONITOR: Final = "pg_monitor"
 OWNER: Final = "pgplatform_owner"
 AUDIT_WRITER: Final = "pgplatform_audit_writer"
 """Owner of the audit trigger function: INSERT on audit.log and nothing else (db/030_audit.sql)."""
+MASKING_OWNER: Final = "pgplatform_masking"
+"""Owner of the masking views; reads masked tables through its own policy (db/080_masking.sql)."""
 ANONYMOUS: Final = "api_anonymous"
 USER: Final = "api_user"
 EDITOR: Final = "api_editor"
@@ -190,6 +192,7 @@ def build_access_plan(inp: AccessInput) -> AccessPlan:
     roles = [
         RoleSpec(name=OWNER, login=False, inherit=False),
         RoleSpec(name=AUDIT_WRITER, login=False, inherit=False),
+        RoleSpec(name=MASKING_OWNER, login=False, inherit=False),
     ]
     roles += [
         RoleSpec(name=name, login=True, inherit=False, with_password=True)

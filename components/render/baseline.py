@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from components.render.checksum import content_checksum
+from components.render.masking import MASKING_FILE, MaskRule, render_masking_sql
 
 DB_DIR: Final = Path(__file__).resolve().parents[2] / "db"
 # Every baseline file runs after the rendered access file, which creates roles and schemas.
@@ -374,6 +375,7 @@ def admin_sql_files(
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
     tenancy: Tenancy = NO_TENANCY,
+    masking: tuple[MaskRule, ...] = (),
 ) -> list[tuple[str, str]]:
     """What the database owner applies: the other baseline files, exposed schemas, groups."""
     files = [(name, text) for name, text in baseline_sql_files() if not is_superuser_file(text)]
@@ -383,6 +385,7 @@ def admin_sql_files(
         (GROUP_ROLES_FILE, render_group_roles_sql(groups)),
         (CACHE_CONTROL_FILE, render_cache_control_sql(cache)),
         (TENANCY_FILE, render_tenancy_sql(tenancy)),
+        (MASKING_FILE, render_masking_sql(masking)),
     ]
 
 
@@ -391,9 +394,10 @@ def stack_sql_files(
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
     tenancy: Tenancy = NO_TENANCY,
+    masking: tuple[MaskRule, ...] = (),
 ) -> list[tuple[str, str]]:
     """Everything after ``010_access.sql`` in file-name order, for one superuser to apply."""
-    admin = admin_sql_files(exposed_schemas, groups, cache, tenancy)
+    admin = admin_sql_files(exposed_schemas, groups, cache, tenancy, masking)
     return sorted([*superuser_sql_files(), *admin])
 
 
@@ -413,6 +417,7 @@ def render_apply_script(
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
     tenancy: Tenancy = NO_TENANCY,
+    masking: tuple[MaskRule, ...] = (),
 ) -> str:
     """``apply.psql``: the baseline Job's script (``psql -X -f apply.psql``), one transaction.
 
@@ -423,7 +428,7 @@ def render_apply_script(
     """
     version = superuser_version()
     include = [f"\\ir {name}" for name, _ in superuser_sql_files()]
-    admin_files = admin_sql_files(exposed_schemas, groups, cache, tenancy)
+    admin_files = admin_sql_files(exposed_schemas, groups, cache, tenancy, masking)
     admin = [f"\\ir {name}" for name, _ in admin_files]
     lines = [
         "-- Platform SQL baseline, applied by the database owner (rendered by pgplatform).",
@@ -491,11 +496,12 @@ def job_bundle(
     groups: GroupRoles = NO_GROUP_ROLES,
     cache: CacheControl = NO_CACHE_CONTROL,
     tenancy: Tenancy = NO_TENANCY,
+    masking: tuple[MaskRule, ...] = (),
 ) -> dict[str, str]:
     """ConfigMap data of the baseline Job: the script and every file it may include."""
-    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups, cache, tenancy)}
+    bundle = {APPLY_SCRIPT: render_apply_script(exposed_schemas, groups, cache, tenancy, masking)}
     bundle.update(superuser_sql_files())
-    bundle.update(admin_sql_files(exposed_schemas, groups, cache, tenancy))
+    bundle.update(admin_sql_files(exposed_schemas, groups, cache, tenancy, masking))
     return dict(sorted(bundle.items()))
 
 

@@ -292,3 +292,41 @@ def test_a_dropped_rls_guard_stops_the_job_and_shows_in_the_metric(
     assert "applying" in repaired.stdout
     assert _guard_metric(cluster, "unguarded") == [("unguarded", 1)]
     assert run_job(r, cluster, "unguarded").returncode == 0
+
+
+def test_the_job_as_the_admin_masks_the_tables_the_migrations_created(
+    stack: tuple[Rendered, PgCluster],
+) -> None:
+    """The admin (CREATEROLE, no superuser) runs apply_masking: first deploy before the domain
+    tables exist (skipped), then again after them (masked), then once more (nothing changes)."""
+    r, cluster = stack
+    # Database "app": the access plan grants CONNECT on it.
+    fresh_database(cluster, "app")
+    bootstrap(r, cluster, "app")
+    access_plan(r, cluster, "app")
+    first = run_job(r, cluster, "app")
+    assert first.returncode == 0, first.stderr[-1500:]
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    cluster.apply_sql("app", [(p.name, p.read_text()) for p in sorted(fixtures.glob("*.sql"))])
+    again = run_job(r, cluster, "app")
+    assert again.returncode == 0, again.stderr[-1500:]
+    masked = "INSERT INTO platform.masking_rule" in (r.bundle_dir / "094_masking.sql").read_text()
+    with cluster.connect("app") as conn:
+        conn.execute(
+            "INSERT INTO identity.accounts (sub, display_name, email) "
+            "VALUES ('job-user', 'Job', 'job@example.com')"
+        )
+        view = owner_of(
+            conn,
+            "SELECT c.relkind::text || ':' || pg_get_userbyid(c.relowner) FROM pg_class c "
+            "WHERE c.oid = 'identity.accounts'::regclass",
+        )
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET LOCAL ROLE api_user")
+            conn.execute("SELECT set_config('request.jwt.claims', '{\"sub\": \"job-user\"}', true)")
+            email = owner_of(conn, "SELECT email FROM identity.accounts")
+    assert (view, email) == (
+        ("v:pgplatform_masking", "j***") if masked else ("r:pgplatform_owner", "job@example.com")
+    )
+    last = run_job(r, cluster, "app")
+    assert last.returncode == 0, last.stderr[-1500:]

@@ -34,6 +34,7 @@ from components.render.baseline import (
     superuser_sql_files,
     superuser_version,
 )
+from components.render.masking import MASKING_FILE
 
 pytestmark = pytest.mark.unit
 
@@ -60,7 +61,8 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
     names = [name for name, _ in baseline_sql_files()]
     assert names == ["020_platform.sql", "025_tenancy.sql", "030_audit.sql", "040_rls_guard.sql",
                      "041_audit_ddl.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql",
-                     "060_pgbouncer_auth_grants.sql", "070_schema_version.sql"]  # fmt: skip
+                     "060_pgbouncer_auth_grants.sql", "070_schema_version.sql",
+                     "080_masking.sql", "081_masking_apply.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
     assert [name for name, _ in stack_sql_files(["content"])] == [
         *names,
@@ -69,6 +71,7 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
         GROUP_ROLES_FILE,
         CACHE_CONTROL_FILE,
         TENANCY_FILE,
+        MASKING_FILE,
     ]
 
 

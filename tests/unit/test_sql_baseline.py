@@ -127,6 +127,7 @@ def test_program_wires_bootstrap_and_job(
         inputs.group_roles(settings),
         inputs.cache_control(settings),
         inputs.tenancy(settings),
+        inputs.masking(settings),
     )
     checksum = bundle_checksum(bundle)
 
