@@ -32,9 +32,9 @@
 -- apply_masking() (081_masking_apply.sql) runs again after the domain migrations
 -- (docs/masking.md).
 --
--- Applied by the database owner in the baseline's one transaction (lock and statement timeouts
--- set by apply.psql).
+-- Applied by the database owner.
 -- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; docs/sql-lint.md)
 
 -- One row per (column, role); written by the rendered 094_masking.sql.
 CREATE TABLE IF NOT EXISTS platform.masking_rule (

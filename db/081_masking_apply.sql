@@ -1,8 +1,8 @@
 -- Building the masking views (db/080_masking.sql explains their shape): apply_masking() makes
--- them exactly what platform.masking_rule says. Applied by the database owner in the baseline's
--- one transaction (lock and statement timeouts set by apply.psql); the functions run as the
--- admin and switch to the table owner and the view owner for their DDL.
+-- them exactly what platform.masking_rule says. Applied by the database owner; the functions run
+-- as the admin and switch to the table owner and the view owner for their DDL.
 -- squawk-ignore-file require-lock-timeout, require-statement-timeout
+-- (apply.psql sets both for the baseline's one transaction; docs/sql-lint.md)
 
 -- Switch to a role for the rest of the transaction, or back ('none': the login itself).
 CREATE OR REPLACE FUNCTION platform.masking_set_role(target text)
