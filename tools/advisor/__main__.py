@@ -26,15 +26,20 @@ DEFAULT_AUTHENTICATOR = "postgrest"
 
 
 def exposed_schemas(conn: psycopg.Connection[Any], api_roles: list[str]) -> list[str]:
-    """The platform's registry ``platform.exposed_schema`` (written from the stack's domains);
-    in a database without it, the schemas granted (not merely through PUBLIC) to an API role,
+    """The platform's registry ``platform.exposed_schema`` (written from the stack's domains),
+    with the private schemas masked tables of those schemas moved to (docs/masking.md: their
+    policies still decide what the API serves); in a database without it, the schemas granted (not merely through PUBLIC) to an API role,
     less ``platform`` and ``audit``, which API roles use but PostgREST does not expose.
     """
     registry = conn.execute(
         "SELECT pg_catalog.to_regclass('platform.exposed_schema') IS NOT NULL"
     ).fetchone()
     if registry and registry[0]:
-        names = conn.execute("SELECT name::text FROM platform.exposed_schema ORDER BY 1")
+        names = conn.execute(
+            "SELECT e.name::text FROM platform.exposed_schema e "
+            "UNION SELECT n.nspname::text FROM platform.exposed_schema e "
+            "JOIN pg_catalog.pg_namespace n ON n.nspname = e.name || '_private' ORDER BY 1"
+        )
         return [str(r[0]) for r in names.fetchall()]
     rows = conn.execute(
         "SELECT n.nspname::text FROM pg_catalog.pg_namespace n "
