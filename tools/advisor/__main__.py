@@ -28,8 +28,9 @@ DEFAULT_AUTHENTICATOR = "postgrest"
 def exposed_schemas(conn: psycopg.Connection[Any], api_roles: list[str]) -> list[str]:
     """The platform's registry ``platform.exposed_schema`` (written from the stack's domains),
     with the private schemas masked tables of those schemas moved to (docs/masking.md: their
-    policies still decide what the API serves); in a database without it, the schemas granted (not merely through PUBLIC) to an API role,
-    less ``platform`` and ``audit``, which API roles use but PostgREST does not expose.
+    policies still decide what the API serves); in a database without it, the schemas granted
+    (not merely through PUBLIC) to an API role, less ``platform`` and ``audit``, which API roles
+    use but PostgREST does not expose.
     """
     registry = conn.execute(
         "SELECT pg_catalog.to_regclass('platform.exposed_schema') IS NOT NULL"
