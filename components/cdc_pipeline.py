@@ -24,6 +24,7 @@ from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job, cdc, pods
 from components.render.checksum import content_checksum
+from components.render.masking import PRIVATE_SUFFIX, masked_columns, masking_rules
 from components.render.pgbouncer_pool import DatabaseEgress
 from components.render.postgres_cluster import CNPG_API_VERSION
 from components.settings import StackSettings
@@ -55,15 +56,18 @@ def cdc_plan(s: StackSettings) -> cdc.CdcPlan | None:
     if not s.cdc.tables:
         return None
     tables = []
+    # A masked table lives in <schema>_private, under the name the API serves as a view.
+    masked = {(schema, table) for schema, table, _ in masked_columns(masking_rules(s.masking))}
     for name, table in s.cdc.tables.items():
         schema, relation = name.split(".")
         tables.append(
             cdc.CdcTable(
-                schema=schema,
+                schema=f"{schema}{PRIVATE_SUFFIX}" if (schema, relation) in masked else schema,
                 name=relation,
                 key=tuple(table.key),
                 columns=tuple(table.columns.items()),
                 row_filter=table.row_filter,
+                config_name=name if (schema, relation) in masked else None,
             )
         )
     return cdc.CdcPlan(

@@ -1249,6 +1249,18 @@ def _cdc_checks(s: StackSettings) -> list[ConfigProblem]:
         key = f"cdc.tables.{name}"
         if name.split(".")[0] not in schemas:
             problems.append(_problem(key, f"not in a domain's schema; allowed: {schemas}", name))
+        # A publication carries raw values: a masked column never leaves through it.
+        for column in table.columns:
+            roles = s.masking.get(f"{name}.{column}")
+            if roles:
+                problems.append(
+                    _problem(
+                        f"{key}.columns.{column}",
+                        f"masked for {sorted(roles)} (masking.{name}.{column}): a publication "
+                        "carries its raw values to the analytics database; leave it out",
+                        column,
+                    )
+                )
         unpublished = [c for c in table.key if c not in table.columns]
         if unpublished:
             problems.append(

@@ -217,8 +217,9 @@ BEGIN
     JOIN pg_catalog.jsonb_each(pg_catalog.to_jsonb(OLD)) o ON o.key = n.key
     WHERE n.value IS DISTINCT FROM o.value AND n.key = ANY (writable);
     IF targets IS NULL THEN
-        -- Nothing changed: still an UPDATE, so the caller's UPDATE privilege and policy decide.
-        targets := ARRAY[keys[1]];
+        -- Nothing changed: still an UPDATE (of a plain column: an identity column GENERATED
+        -- ALWAYS refuses SET id = id), so the caller's UPDATE privilege and policy decide.
+        targets := ARRAY[COALESCE(writable[1], keys[1])];
     END IF;
     EXECUTE pg_catalog.format(
         'WITH w AS (UPDATE %s SET %s WHERE %s RETURNING %s) SELECT pg_catalog.to_jsonb(w) FROM w',
@@ -234,3 +235,68 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION platform.masked_write() FROM PUBLIC;
+
+-- Switch to a role for the rest of the transaction, or back ('none': the login itself).
+CREATE OR REPLACE FUNCTION platform.masking_set_role(target text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+BEGIN
+    IF target = 'none' THEN
+        SET LOCAL ROLE NONE;
+    ELSE
+        EXECUTE pg_catalog.format('SET LOCAL ROLE %I', target);
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION platform.masking_set_role(text) FROM PUBLIC;
+
+-- Re-grant an ACL (aclexplode rows) on a relation, except to its owner.
+CREATE OR REPLACE FUNCTION platform.masking_grant_acl(target regclass, acl aclitem[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    item record;
+    owner oid := (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = target);
+BEGIN
+    FOR item IN SELECT a.grantee, a.privilege_type FROM pg_catalog.aclexplode(acl) a
+                WHERE a.grantee <> owner LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON %s TO %s', item.privilege_type, target,
+            CASE WHEN item.grantee = 0 THEN 'PUBLIC'
+                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(item.grantee)) END);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION platform.masking_grant_acl(regclass, aclitem[]) FROM PUBLIC;
+
+-- Revoke the grants of PUBLIC and the API roles on a relation (column privileges go with
+-- them); other roles' grants (the change data capture role's, say) are not masking's business.
+CREATE OR REPLACE FUNCTION platform.masking_revoke_acl(target regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    grantee oid;
+BEGIN
+    FOR grantee IN
+        SELECT DISTINCT a.grantee FROM pg_catalog.aclexplode(
+            (SELECT c.relacl FROM pg_catalog.pg_class c WHERE c.oid = target)) a
+        WHERE a.grantee = 0
+           OR pg_catalog.pg_get_userbyid(a.grantee) = ANY (ARRAY['api_anonymous', 'api_user',
+                  'api_editor', 'api_admin'])
+           OR pg_catalog.pg_get_userbyid(a.grantee) ~ '^api_service_[a-z0-9_]+$'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %s', target,
+            CASE WHEN grantee = 0 THEN 'PUBLIC'
+                 ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(grantee)) END);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION platform.masking_revoke_acl(regclass) FROM PUBLIC;

@@ -135,6 +135,9 @@ class CdcTable:
     columns: tuple[tuple[str, str], ...]
     """``(column, type)`` published, in order; personal columns are left out."""
     row_filter: str | None = None
+    config_name: str | None = None
+    """The ``cdc.tables`` key when it names the table otherwise: a masked table is published
+    from ``<schema>_private`` where it lives (docs/masking.md)."""
 
     def __post_init__(self) -> None:
         if table_key_problem(self.qualified):
@@ -198,7 +201,7 @@ def _columns(table: CdcTable) -> str:
 
 
 def _config_key(table: CdcTable) -> str:
-    return f"pgplatform:cdc.tables.{table.qualified}"
+    return f"pgplatform:cdc.tables.{table.config_name or table.qualified}"
 
 
 def _table_checks(table: CdcTable) -> list[str]:

@@ -372,3 +372,12 @@ def test_a_serial_key_keeps_the_tables_rule(client: Conn, admin: Conn) -> None:
         admin.execute("DELETE FROM platform.masking_rule WHERE table_name = 'notes'")
         admin.execute("SELECT platform.apply_masking()")
         admin.execute("DROP TABLE identity.notes")
+
+
+def test_an_update_that_changes_nothing_still_runs_as_the_callers_update(client: Conn) -> None:
+    """PATCH with the values already there: an UPDATE all the same (the identity column
+    GENERATED ALWAYS is not what it sets), bound by the caller's policy."""
+    query = "UPDATE identity.accounts SET sub = sub WHERE sub = 'mask-editor' RETURNING sub"
+    assert ask(client, EDITOR, query, rollback=True) == [("mask-editor",)]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        ask(client, USER, query.replace("mask-editor", "mask-user"), rollback=True)

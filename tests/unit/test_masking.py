@@ -148,3 +148,43 @@ def test_the_rules_are_part_of_the_job_bundle() -> None:
     assert masked[MASKING_FILE] == render_masking_sql(rules)
     assert plain[MASKING_FILE] != masked[MASKING_FILE]
     assert "\\ir 094_masking.sql" in masked["apply.psql"]
+
+
+def _staging_committed() -> dict[str, Any]:
+    from components.settings import decode_config_value
+    from tests.conftest import stack_config
+
+    config, _ = stack_config("staging")
+    return {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+
+
+def test_a_masked_column_is_never_published() -> None:
+    """CDC carries raw values to the analytics database: settings refuse a masked column there."""
+    raw = _staging_committed()
+    raw["cdc"]["tables"]["identity.accounts"]["columns"]["email"] = "text"
+    problems = _problems("staging", raw)
+    key = "pgplatform:cdc.tables.identity.accounts.columns.email"
+    assert any(p.startswith(key) and "masking.identity.accounts.email" in p for p in problems), (
+        problems
+    )
+
+
+def test_a_masked_table_is_published_from_where_it_lives() -> None:
+    """The committed staging stack publishes identity.accounts (id, created_at) and masks its
+    email: the publication names identity_private.accounts, errors still name the config key."""
+    from components.cdc_pipeline import cdc_plan
+    from components.render import cdc
+
+    plan = cdc_plan(parse_settings("staging", _staging_committed()))
+    assert plan is not None
+    [accounts] = [t for t in plan.tables if t.name == "accounts"]
+    assert (accounts.qualified, accounts.config_name) == (
+        "identity_private.accounts",
+        "identity.accounts",
+    )
+    publisher = cdc.render_publisher_psql(plan)
+    assert "TABLE identity_private.accounts (created_at, id)" in publisher
+    assert "pgplatform:cdc.tables.identity.accounts:" in publisher
+    assert "CREATE TABLE IF NOT EXISTS identity_private.accounts (" in (
+        cdc.render_subscriber_sql(plan)
+    )
