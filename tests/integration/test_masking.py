@@ -381,3 +381,15 @@ def test_an_update_that_changes_nothing_still_runs_as_the_callers_update(client:
     assert ask(client, EDITOR, query, rollback=True) == [("mask-editor",)]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         ask(client, USER, query.replace("mask-editor", "mask-user"), rollback=True)
+
+
+def test_upserts_are_refused_on_a_masked_table(client: Conn) -> None:
+    """docs/masking.md, Limits: ON CONFLICT (PostgREST's merge-duplicates) on the view."""
+    with pytest.raises(psycopg.errors.InvalidColumnReference, match="ON CONFLICT"):
+        ask(
+            client,
+            ADMIN,
+            "INSERT INTO identity.accounts (sub, display_name) VALUES ('mask-admin', 'X') "
+            "ON CONFLICT (sub) DO UPDATE SET display_name = excluded.display_name",
+            rollback=True,
+        )
