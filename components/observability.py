@@ -17,7 +17,12 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.render import observability as render
 from components.render import pods
-from components.render.alerts import AlertThresholds, CdcSlotAlert, render_prometheus_rules
+from components.render.alerts import (
+    ADVISOR_RULE_GROUP,
+    AlertThresholds,
+    CdcSlotAlert,
+    render_prometheus_rules,
+)
 from components.render.checksum import content_checksum
 from components.render.dashboards import render_dashboards
 from components.render.metrics_catalog import TargetNaming, postgres_exporter_queries_yaml
@@ -68,6 +73,8 @@ class ObservabilityStackArgs:
     runbook_base_url: str
     backups: bool
     """Backups and the restore check exist: their alerts are rendered."""
+    advisor: bool = False
+    """The advisor's CronJob exists (``advisor.enabled``): its alert is rendered."""
     slos: Mapping[str, SloObjectives] | None = None
     """Domain -> SLOs: recording rules, burn-rate alerts and the error-budget panel."""
     cdc: CdcSlotAlert | None = None
@@ -133,6 +140,8 @@ def rule_spec(args: ObservabilityStackArgs) -> dict[str, Any]:
     )
     if not args.backups:
         spec["groups"] = [g for g in spec["groups"] if g["name"] != BACKUP_RULE_GROUP]
+    if not args.advisor:
+        spec["groups"] = [g for g in spec["groups"] if g["name"] != ADVISOR_RULE_GROUP]
     return spec
 
 
@@ -397,6 +406,7 @@ def observability_args(
         thresholds=inputs.alert_thresholds(s),
         runbook_base_url=s.observability.runbook_base_url,
         backups=inputs.backup_store(s) is not None,
+        advisor=s.advisor.enabled,
         slos=inputs.slo_objectives(s),
         cdc=inputs.cdc_slot_alert(s),
         exporter=exporter,

@@ -26,6 +26,7 @@ from components.observability import (
     observability_report,
 )
 from components.pgbouncer_pool import PgBouncerPool, PgBouncerPoolArgs
+from components.postgres_advisor import PostgresAdvisor, PostgresAdvisorArgs
 from components.postgres_backups import PostgresBackups, postgres_backups_args
 from components.protection import protection_options, protection_report
 from components.render.access import AUTHENTICATOR, POOLER_LOOKUP
@@ -186,6 +187,20 @@ def build_platform(s: StackSettings) -> Platform:
         if export.enabled
         else None
     )
+    # The advisor's scheduled run reads what the baseline set up (the exposed-schema registry).
+    if s.advisor.enabled:
+        PostgresAdvisor(
+            "advisor",
+            PostgresAdvisorArgs(
+                namespace=s.namespace,
+                database=pg.database,
+                sslmode=pg.sslmode,
+                schedule=s.advisor.schedule,
+                image=inputs.advisor_image(s),
+                endpoint=database.endpoint,
+            ),
+            opts=after(baseline),
+        )
     pooler = PgBouncerPool(
         "pgbouncer",
         PgBouncerPoolArgs(

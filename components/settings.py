@@ -535,6 +535,17 @@ class GraphqlSettings(_Model):
     image: Annotated[str, AfterValidator(_image)] | None = None
 
 
+class AdvisorSettings(_Model):
+    """The advisor's scheduled run in the cluster (docs/advisor.md, "Scheduled run")."""
+
+    enabled: bool
+    schedule: CronJobSchedule
+    # The advisor image the pipeline built from tools/advisor/Dockerfile and pushed. Unset:
+    # staging runs the pipeline's default reference for this tree (python -m
+    # tools.advisor_image); prod refuses to start without it.
+    image: Annotated[str, AfterValidator(_image)] | None = None
+
+
 class GitopsSettings(_Model):
     """Render manifests to a directory instead of applying them (for Argo CD / Flux)."""
 
@@ -726,6 +737,7 @@ class StackSettings(_Model):
     observability: ObservabilitySettings
     backup: BackupSettings
     graphql: GraphqlSettings
+    advisor: AdvisorSettings
     gitops: GitopsSettings
     audit: AuditSettings
     cdc: CdcSettings
@@ -1205,6 +1217,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _tenancy_checks(s)
         + _feature_checks(s)
         + _graphql_checks(s)
+        + _advisor_checks(s)
         + _pgbouncer_checks(s)
         + _budget_checks(s)
         + _audit_checks(s)
@@ -1375,6 +1388,20 @@ def _graphql_checks(s: StackSettings) -> list[ConfigProblem]:
             "prod runs the pilot image the deploy workflow built and pushed: set it, e.g. "
             "pulumi config set --path pgplatform:graphql.image "
             "<registry>/<path>:<tag from python -m tools.graphql_image --tag>",
+        )
+    ]
+
+
+def _advisor_checks(s: StackSettings) -> list[ConfigProblem]:
+    """Prod runs the advisor image its own pipeline pushed, named explicitly."""
+    if s.environment != "prod" or not s.advisor.enabled or s.advisor.image:
+        return []
+    return [
+        _problem(
+            "advisor.image",
+            "prod runs the advisor image the deploy workflow built and pushed: set it, e.g. "
+            "pulumi config set --path pgplatform:advisor.image "
+            "<registry>/<path>:<tag from python -m tools.advisor_image --tag>",
         )
     ]
 

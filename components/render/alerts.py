@@ -36,6 +36,7 @@ ALERT_NAMES: Final = (
     "PostgresBackupTooOld",
     "RestoreVerificationFailed",
     "RestoreVerificationStale",
+    "PostgresAdvisorFindings",
     "PodCrashLooping",
     "CdcSlotInactive",
     "CdcSlotMissing",
@@ -487,6 +488,39 @@ def _backup_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
     ]
 
 
+ADVISOR_RULE_GROUP: Final = "pgplatform-advisor"
+"""Left out by the stack when the advisor's CronJob is not deployed (``advisor.enabled``)."""
+ADVISOR_CRONJOB: Final = "postgres-advisor"
+"""The advisor's CronJob (``render.advisor_job`` names it with this)."""
+
+
+def _advisor_rules(sel: Selectors) -> list[_Rule]:
+    """The advisor's newest run failed: error-level findings (or it could not run at all)."""
+    jobs = f'{sel.kube}, job_name=~"{ADVISOR_CRONJOB}-[0-9]+"'
+    return [
+        _Rule(
+            name="PostgresAdvisorFindings",
+            severity="warning",
+            component="database",
+            expr=(
+                f"(kube_job_status_start_time{{{jobs}}}"
+                " == on (namespace) group_left ()"
+                f" max by (namespace) (kube_job_status_start_time{{{jobs}}}))"
+                " and on (namespace, job_name)"
+                f' (kube_job_failed{{{jobs}, condition="true"}} == 1)'
+            ),
+            for_="5m",
+            summary="The latest advisor run {{ $labels.job_name }} failed",
+            description=(
+                f"The newest Job of CronJob {ADVISOR_CRONJOB} failed: the advisor reported "
+                "error-level findings (RLS off on an exposed table, WITH CHECK (true), an "
+                "unpinned SECURITY DEFINER, concatenated dynamic SQL...) or could not reach the "
+                "database. Its log has one line per finding with its fix, and the JSON report."
+            ),
+        )
+    ]
+
+
 def _kubernetes_rules(sel: Selectors) -> list[_Rule]:
     return [
         _Rule(
@@ -564,6 +598,7 @@ def render_prometheus_rules(
         groups.append(("pgplatform-backup", _backup_rules(sel, thresholds)))
     if cdc is not None:
         groups.append(("pgplatform-cdc", _cdc_rules(sel, postgres_mode, cdc)))
+    groups.append((ADVISOR_RULE_GROUP, _advisor_rules(sel)))
     groups.append(("pgplatform-kubernetes", _kubernetes_rules(sel)))
     rendered = [
         {"name": name, "rules": [_rule_dict(rule, base) for rule in rules]}

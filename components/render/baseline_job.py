@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -90,7 +91,9 @@ class BaselineJobSpec:
             raise ValueError("BaselineJobSpec: backoff_limit >= 0, active_deadline_seconds >= 60")
 
 
-def psql_environment(spec: BaselineJobSpec) -> list[dict[str, Any]]:
+def psql_environment(
+    spec: BaselineJobSpec, *, application: str = "pgplatform-baseline"
+) -> list[dict[str, Any]]:
     """libpq's environment: where, as whom, how securely; secrets only by reference."""
     env: list[dict[str, Any]] = [
         {"name": "PGHOST", "value": spec.host},
@@ -102,7 +105,7 @@ def psql_environment(spec: BaselineJobSpec) -> list[dict[str, Any]]:
         },
         pods.secret_env("PGPASSWORD", spec.admin_secret, "password"),
         {"name": "PGSSLMODE", "value": spec.sslmode},
-        {"name": "PGAPPNAME", "value": "pgplatform-baseline"},
+        {"name": "PGAPPNAME", "value": application},
         {"name": "PGCONNECT_TIMEOUT", "value": "10"},
     ]
     if spec.ca_secret is not None:
@@ -113,6 +116,22 @@ def psql_environment(spec: BaselineJobSpec) -> list[dict[str, Any]]:
 def psql_command() -> list[str]:
     """No psqlrc, the rendered script (it includes the files next to it)."""
     return ["psql", "-X", "-f", f"{SQL_DIR}/{APPLY_SCRIPT}"]
+
+
+def ca_mount(spec: BaselineJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volume mounts and volumes giving libpq the server's CA (``PGSSLROOTCERT``), if any."""
+    if spec.ca_secret is None:
+        return [], []
+    mount = {"name": "db-ca", "mountPath": CA_DIR, "readOnly": True}
+    volume = {
+        "name": "db-ca",
+        "secret": {
+            "secretName": spec.ca_secret,
+            "items": [{"key": CA_KEY, "path": CA_KEY}],
+            "defaultMode": 0o444,
+        },
+    }
+    return [mount], [volume]
 
 
 def job_body(
@@ -131,22 +150,9 @@ def job_body(
     passes its own command, extra environment and labels.
     """
     job_suffix(bundle_checksum)
-    mounts = [{"name": "sql", "mountPath": SQL_DIR, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [
-        {"name": "sql", "configMap": {"name": config_map, "defaultMode": 0o444}}
-    ]
-    if spec.ca_secret is not None:
-        mounts.append({"name": "db-ca", "mountPath": CA_DIR, "readOnly": True})
-        volumes.append(
-            {
-                "name": "db-ca",
-                "secret": {
-                    "secretName": spec.ca_secret,
-                    "items": [{"key": CA_KEY, "path": CA_KEY}],
-                    "defaultMode": 0o444,
-                },
-            }
-        )
+    mounts, volumes = ca_mount(spec)
+    mounts.insert(0, {"name": "sql", "mountPath": SQL_DIR, "readOnly": True})
+    volumes.insert(0, {"name": "sql", "configMap": {"name": config_map, "defaultMode": 0o444}})
     container = {
         "name": "psql",
         "image": spec.image,
@@ -187,9 +193,14 @@ def network_policy_body(
     spec: BaselineJobSpec, *, app_name: str = APP_NAME, instance: str = INSTANCE
 ) -> dict[str, Any]:
     """The Job's pods talk to the database and DNS only, and accept nothing."""
+    return database_only_policy(spec, pods.selector_labels(app_name, instance))
+
+
+def database_only_policy(spec: BaselineJobSpec, selector: Mapping[str, str]) -> dict[str, Any]:
+    """NetworkPolicy body: pods matching ``selector`` reach the database and DNS, nothing else."""
     return {
         "spec": {
-            "podSelector": {"matchLabels": pods.selector_labels(app_name, instance)},
+            "podSelector": {"matchLabels": dict(selector)},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
             "egress": [
