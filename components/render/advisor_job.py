@@ -16,7 +16,7 @@ the heaviest statements of ``pg_stat_statements`` (all users' texts) and creates
 indexes, so it needs membership in the API roles, the statistics of every user and the tables'
 privileges: the admin role (the database owner) has all of them, and the Job uses its
 Vault-backed Secret like the baseline Job. Everything runs in one transaction that is rolled
-back, so the run changes nothing.
+back, in a session the server keeps read-only (``PGOPTIONS``), so the run changes nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ APP_COMPONENT: Final = "advisor"
 INSTANCE: Final = "advisor"
 FAIL_ON: Final = "error"
 """Findings of this severity fail the Job (and fire the alert); warnings stay in the log."""
+READ_ONLY_OPTIONS: Final = "-c default_transaction_read_only=on"
 PACKAGES: Final = ("psycopg[binary]", "pglast")
 """What the image installs with pip, pinned in the Dockerfile."""
 
@@ -147,7 +148,12 @@ def cronjob_spec(inp: AdvisorJobInput) -> dict[str, Any]:
         "image": inp.image,
         "imagePullPolicy": "IfNotPresent",
         "command": advisor_command(),
-        "env": baseline_job.psql_environment(inp.connection, application="pgplatform-advisor"),
+        "env": [
+            *baseline_job.psql_environment(inp.connection, application="pgplatform-advisor"),
+            # It runs as the admin: a read-only session makes "changes nothing" the server's
+            # guarantee, not only the advisor's rollback (every check runs read-only).
+            {"name": "PGOPTIONS", "value": READ_ONLY_OPTIONS},
+        ],
         "resources": {
             "requests": {"cpu": "50m", "memory": "128Mi"},
             "limits": {"cpu": "500m", "memory": "256Mi"},

@@ -31,7 +31,7 @@ from components.render.baseline_job import (
     CA_KEY,
     POSTGRES_UID,
     BaselineJobSpec,
-    network_policy_body,
+    database_only_policy,
     psql_environment,
 )
 from components.render.checksum import content_checksum
@@ -201,12 +201,8 @@ def labels() -> dict[str, str]:
 
 
 def _environment(spec: AuditExportSpec) -> list[dict[str, Any]]:
-    env = [
-        item if item["name"] != "PGAPPNAME" else {"name": "PGAPPNAME", "value": APP_NAME}
-        for item in psql_environment(spec.connection)
-    ]
     return [
-        *env,
+        *psql_environment(spec.connection, application=APP_NAME),
         # The exporter only reads: any write in its session is refused.
         {"name": "PGOPTIONS", "value": "-c default_transaction_read_only=on"},
         {"name": "AUDIT_SPOOL", "value": SPOOL_DIR},
@@ -305,6 +301,4 @@ def spool_claim_body(spec: AuditExportSpec) -> dict[str, Any]:
 
 def exporter_network_policy_body(spec: AuditExportSpec) -> dict[str, Any]:
     """Database and DNS only, nothing in: the baseline Job's policy, for the exporter's pods."""
-    body = network_policy_body(spec.connection)
-    body["spec"]["podSelector"] = {"matchLabels": pods.selector_labels(APP_NAME, INSTANCE)}
-    return body
+    return database_only_policy(spec.connection, pods.selector_labels(APP_NAME, INSTANCE))

@@ -10,6 +10,7 @@ every statement) as a cluster configured for the advisor does.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Final
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from components.render.advisor_job import READ_ONLY_OPTIONS
 from tests.conftest import ROOT, STACKS
 from tests.integration.pg import PG_PACKAGE, PgCluster, running_cluster
 from tests.integration.pooler import prepare_database
@@ -259,3 +261,23 @@ def test_the_command_line_writes_json_and_the_summary(
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("advisor: cannot connect: ")
+
+
+def test_every_check_runs_in_the_read_only_session_of_the_job(cluster: PgCluster) -> None:
+    """The scheduled Job's session is read-only (``PGOPTIONS``): every check still runs there."""
+    database = planted(cluster, "planted_read_only")
+    env = {"PGOPTIONS": READ_ONLY_OPTIONS, "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    command = ["--dsn", dsn(cluster, database), "--json", "-", "--schema", "shop"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.advisor", *command, "--authenticator", "seed_authenticator"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["skipped"] == []
+    assert {(f["check"], f["object"]) for f in report["findings"]} == PLANTED_FINDINGS

@@ -70,9 +70,7 @@ def advisor_container(build: Path) -> dict[str, Any]:
     return dict(container)
 
 
-def run_cronjob(
-    r: Rendered, cluster: PgCluster, database: str
-) -> subprocess.CompletedProcess[str]:
+def run_cronjob(r: Rendered, cluster: PgCluster, database: str) -> subprocess.CompletedProcess[str]:
     """The CronJob's container command with its environment and the admin's credentials."""
     container = advisor_container(r.build)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cluster.base)}
@@ -124,8 +122,7 @@ def test_a_policy_letting_any_row_in_fails_the_job(staging: tuple[Rendered, PgCl
             "USING (author = (SELECT platform.jwt_sub()))"
         )
         conn.execute(
-            "CREATE POLICY drafts_write ON content.drafts FOR INSERT TO api_user "
-            "WITH CHECK (true)"
+            "CREATE POLICY drafts_write ON content.drafts FOR INSERT TO api_user WITH CHECK (true)"
         )
     result = run_cronjob(r, cluster, "app_planted")
     assert result.returncode == 1, result.stdout + result.stderr

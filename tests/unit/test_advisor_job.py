@@ -111,7 +111,7 @@ def test_the_default_reference_is_the_repository_and_the_tag() -> None:
     assert aj.default_reference("registry.example.com/a/b") == (
         f"registry.example.com/a/b:{aj.image_tag()}"
     )
-    with pytest.raises(ValueError, match="repository: .*name the registry host"):
+    with pytest.raises(ValueError, match=r"repository: .*name the registry host"):
         aj.default_reference("pgplatform/advisor")
 
 
@@ -148,6 +148,8 @@ def test_credentials_come_from_the_admin_secret_only() -> None:
             "key": key,
         }
     assert env["PGAPPNAME"]["value"] == "pgplatform-advisor"
+    # The server keeps the admin's session read-only.
+    assert env["PGOPTIONS"]["value"] == "-c default_transaction_read_only=on"
     assert "volumeMounts" not in container
 
 

@@ -215,8 +215,10 @@ def test_staging_keeps_no_backups(pulumi_mocks: Callable[..., RecordingMocks]) -
     mocks = run_program(pulumi_mocks, "staging")
     (cluster,) = of_kind(mocks, "Cluster")
     assert "backup" not in cluster["spec"]
-    for kind in ("ScheduledBackup", "CronJob", "Role", "ValidatingAdmissionPolicy"):
+    for kind in ("ScheduledBackup", "Role", "ValidatingAdmissionPolicy"):
         assert of_kind(mocks, kind) == [], kind
+    # The advisor's CronJob is the only one: no restore check.
+    assert [c["metadata"]["name"] for c in of_kind(mocks, "CronJob")] == ["postgres-advisor"]
 
 
 def test_restore_check_rbac_is_least_privilege(prod: RecordingMocks) -> None:
