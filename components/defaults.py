@@ -36,6 +36,7 @@ _COMMON: Final[dict[str, Any]] = {
     "observability": {
         "runbookBaseUrl": "https://github.com/pgplatform/pgplatform/blob/main/docs/runbooks",
         "prometheusNamespace": "monitoring",
+        "synthetic": {"enabled": True, "interval": "30s", "timeout": "5s"},
     },
     "postgres": {"image": POSTGRES_IMAGE},
     "backup": {

@@ -37,6 +37,7 @@ from components.render.postgres_cluster import (
 from components.render.postgrest import PostgrestConfInput
 from components.render.restore_check import RestoreCheckInput
 from components.render.slo import SloObjectives
+from components.render.synthetic import SyntheticChecks, exporter_selector
 from components.settings import StackSettings, budget_input, quantity_bytes
 
 
@@ -271,6 +272,7 @@ def domain_api_spec(s: StackSettings, domain: str) -> DomainApiSpec:
         ),
         public_host=urlsplit(s.public_base_url).hostname or "",
         prometheus_namespace=s.observability.prometheus_namespace,
+        prober_selector=(exporter_selector() if s.observability.synthetic.enabled else None),
     )
 
 
@@ -382,6 +384,26 @@ def slo_objectives(s: StackSettings) -> dict[str, SloObjectives]:
         )
         for name, d in s.domains.items()
     }
+
+
+def synthetic_checks(s: StackSettings) -> SyntheticChecks | None:
+    """The blackbox checks (``observability.synthetic``); None when they are off."""
+    from components.render import domain_api
+
+    synthetic = s.observability.synthetic
+    if not synthetic.enabled:
+        return None
+    return SyntheticChecks(
+        namespace=s.namespace,
+        public_base_url=s.public_base_url,
+        domains=tuple(s.domains),
+        anonymous=s.auth.anonymous,
+        ready_services={d: domain_api.service_name(d) for d in s.domains},
+        admin_port=domain_api.ADMIN_PORT,
+        interval=synthetic.interval,
+        timeout=synthetic.timeout,
+        prometheus_namespace=s.observability.prometheus_namespace,
+    )
 
 
 def expected_replicas(s: StackSettings) -> int:

@@ -17,6 +17,7 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.render import observability as render
 from components.render import pods
+from components.render import synthetic as synth
 from components.render.alerts import (
     ADVISOR_RULE_GROUP,
     AlertThresholds,
@@ -79,6 +80,8 @@ class ObservabilityStackArgs:
     """Domain -> SLOs: recording rules, burn-rate alerts and the error-budget panel."""
     cdc: CdcSlotAlert | None = None
     """The change data capture slot to watch (when ``cdc.tables`` lists tables)."""
+    synthetic: synth.SyntheticChecks | None = None
+    """Blackbox exporter, Probes and their alerts; None: no synthetic checks."""
     exporter: render.ExporterInput | None = None
     exporter_secrets: ExporterSecrets | None = None
     labels: Mapping[str, str] = field(
@@ -97,6 +100,8 @@ class ObservabilityStackArgs:
             raise ValueError("httproutes: needs exactly one HTTPRoute per domain")
         if self.slos is not None and set(self.slos) != set(self.domains):
             raise ValueError("slos: needs exactly one SLO per domain")
+        if self.synthetic is not None and set(self.synthetic.domains) != set(self.domains):
+            raise ValueError("synthetic: must check exactly the stack's domains")
         external = self.postgres_mode == "external"
         if external != (self.exporter is not None and self.exporter_secrets is not None):
             raise ValueError(
@@ -137,6 +142,7 @@ def rule_spec(args: ObservabilityStackArgs) -> dict[str, Any]:
         naming=args.naming,
         slos=args.slos,
         cdc=args.cdc,
+        synthetic_anonymous=None if args.synthetic is None else args.synthetic.anonymous,
     )
     if not args.backups:
         spec["groups"] = [g for g in spec["groups"] if g["name"] != BACKUP_RULE_GROUP]
@@ -227,6 +233,8 @@ class ObservabilityStack(pulumi.ComponentResource):
             )
         else:
             monitors.append(self._exporter(name, args, monitor_labels))
+        if args.synthetic is not None:
+            monitors += self._synthetic(name, args.synthetic, labels, monitor_labels)
 
         spec = rule_spec(args)
         rule = KubeObject(
@@ -271,6 +279,82 @@ class ObservabilityStack(pulumi.ComponentResource):
                 "alert_count": self.alert_count,
             }
         )
+
+    def _synthetic(
+        self,
+        name: str,
+        checks: synth.SyntheticChecks,
+        labels: dict[str, str],
+        monitor_labels: dict[str, str],
+    ) -> list[KubeObject]:
+        """The blackbox exporter and one Probe per domain and check; returns the Probes."""
+        from components.render import domain_api
+
+        ns = checks.namespace
+        child = pulumi.ResourceOptions(parent=self)
+        app_labels = synth.exporter_labels()
+        account = KubeObject(
+            f"{name}-blackbox-sa",
+            api_version="v1",
+            kind="ServiceAccount",
+            metadata=meta(ns, app_labels, name=synth.NAME),
+            body={"automountServiceAccountToken": False},
+            opts=child,
+        )
+        config_text = synth.blackbox_config(checks)
+        config = KubeObject(
+            f"{name}-blackbox-config",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=meta(ns, app_labels),
+            body={"data": {synth.CONFIG_KEY: config_text}},
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-blackbox",
+            api_version="apps/v1",
+            kind="Deployment",
+            metadata=meta(ns, app_labels, name=synth.NAME),
+            body={
+                "spec": synth.deployment_spec(
+                    checks,
+                    config_map=config.object_name,
+                    config_checksum=content_checksum(config_text),
+                )
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, account]),
+        )
+        KubeObject(
+            f"{name}-blackbox-service",
+            api_version="v1",
+            kind="Service",
+            metadata=meta(ns, app_labels, name=synth.NAME),
+            body={"spec": synth.service_spec()},
+            opts=child,
+        )
+        KubeObject(
+            f"{name}-blackbox-netpol",
+            api_version="networking.k8s.io/v1",
+            kind="NetworkPolicy",
+            metadata=meta(ns, app_labels, name=synth.NAME),
+            body={
+                "spec": synth.network_policy_spec(
+                    checks, postgrest_selector={"app.kubernetes.io/name": domain_api.APP_NAME}
+                )
+            },
+            opts=child,
+        )
+        return [
+            KubeObject(
+                f"{name}-probe-{probe}",
+                api_version=render.MONITORING_API_VERSION,
+                kind="Probe",
+                metadata=meta(ns, monitor_labels, name=probe),
+                body={"spec": spec},
+                opts=child,
+            )
+            for probe, spec in synth.probes(checks).items()
+        ]
 
     def _exporter(
         self, name: str, args: ObservabilityStackArgs, labels: dict[str, str]
@@ -409,6 +493,7 @@ def observability_args(
         advisor=s.advisor.enabled,
         slos=inputs.slo_objectives(s),
         cdc=inputs.cdc_slot_alert(s),
+        synthetic=inputs.synthetic_checks(s),
         exporter=exporter,
         exporter_secrets=secrets,
     )
@@ -431,6 +516,14 @@ def observability_report(s: StackSettings) -> list[str]:
         f"Observability: ServiceMonitors for {len(args.domains)} PostgREST admin ports and "
         f"PgBouncer, {database}; {len(alerts)} alerts; 2 dashboards",
         f"SLOs (availability/latency/window): {slos or 'none'}",
+        "Synthetic checks: "
+        + (
+            "off"
+            if args.synthetic is None
+            else f"blackbox exporter {synth.BLACKBOX_EXPORTER_VERSION}, public route "
+            f"(expects {200 if args.synthetic.anonymous else 401}) and /ready per domain every "
+            f"{args.synthetic.interval}"
+        ),
     ]
     store = inputs.backup_store(s)
     if store is None:

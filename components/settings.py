@@ -32,6 +32,7 @@ from components.render.baseline import validate_cache_control
 from components.render.masking import PRIVATE_SUFFIX, parse_column_key, parse_function
 from components.render.postgrest import validate_audience, validate_role_claim_key
 from components.render.slo import availability_problem, latency_problem, window_days
+from components.render.synthetic import interval_problem
 
 if TYPE_CHECKING:
     from components.render.budget import BudgetInput
@@ -489,8 +490,25 @@ class AlertSettings(_Model):
     restore_check_max_age_days: int = Field(ge=1)
 
 
+class SyntheticSettings(_Model):
+    """Blackbox-exporter checks of every API's public route and PostgREST's /ready."""
+
+    enabled: bool
+    interval: Duration
+    # How long one probe may take; interval and timeout are whole seconds (checked below).
+    timeout: Duration
+
+    @model_validator(mode="after")
+    def _fits(self) -> SyntheticSettings:
+        problem = interval_problem(self.interval, self.timeout)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
 class ObservabilitySettings(_Model):
     alerts: AlertSettings
+    synthetic: SyntheticSettings
     runbook_base_url: str = Field(pattern=r"^https://")
     prometheus_namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     # Added to ServiceMonitors, PodMonitors and the PrometheusRule: what the cluster's Prometheus

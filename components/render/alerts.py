@@ -20,6 +20,8 @@ from components.render.metrics_catalog import (
 )
 from components.render.slo import ALERT_NAMES as SLO_ALERT_NAMES
 from components.render.slo import SloObjectives, slo_rule_groups
+from components.render.synthetic import ALERT_NAMES as SYNTHETIC_ALERT_NAMES
+from components.render.synthetic import rule_group as synthetic_rule_group
 
 # Every alert this module can emit; docs/runbooks/<name>.md must exist for each.
 ALERT_NAMES: Final = (
@@ -42,6 +44,7 @@ ALERT_NAMES: Final = (
     "CdcSlotMissing",
     "CdcSlotRetainedWalHigh",
     *SLO_ALERT_NAMES,
+    *SYNTHETIC_ALERT_NAMES,
 )
 
 
@@ -555,13 +558,16 @@ def render_prometheus_rules(
     naming: TargetNaming | None = None,
     slos: Mapping[str, SloObjectives] | None = None,
     cdc: CdcSlotAlert | None = None,
+    synthetic_anonymous: bool | None = None,
 ) -> dict[str, Any]:
     """The PrometheusRule ``spec``: one group per concern, per-domain API rules.
 
     ``cdc`` (change data capture on) adds the rules about its replication slot.
 
     ``slos`` (domain -> objectives, one per domain) adds the SLO recording rules and burn-rate
-    alerts of ``render.slo``; without it they are left out.
+    alerts of ``render.slo``; without it they are left out. ``synthetic_anonymous`` adds the
+    alerts on the synthetic checks of ``render.synthetic`` (its value: whether the public check
+    expects anonymous access to be on); None leaves them out.
 
     ``expected_replicas`` is the number of streaming standbys (CloudNativePG: instances - 1);
     0 omits PostgresReplicaMissing. Backup and restore-check alerts exist in cnpg mode only: an
@@ -607,5 +613,11 @@ def render_prometheus_rules(
     if slos is not None:
         rendered += slo_rule_groups(
             sel=sel, slos={d: slos[d] for d in domains}, runbook_base_url=base
+        )
+    if synthetic_anonymous is not None:
+        rendered.append(
+            synthetic_rule_group(
+                namespace=namespace, anonymous=synthetic_anonymous, runbook_base_url=base
+            )
         )
     return {"groups": rendered}

@@ -169,6 +169,9 @@ class DomainApiSpec:
     gateway: GatewayParent
     public_host: str
     prometheus_namespace: str
+    prober_selector: Mapping[str, str] | None = None
+    """Pods (the blackbox exporter of the synthetic checks) admitted to the admin port's
+    ``/ready``; None: only Prometheus reaches the admin port."""
     pgbouncer_selector: Mapping[str, str] = field(
         default_factory=lambda: pods.selector_labels("pgbouncer", "pgbouncer")
     )
@@ -443,7 +446,8 @@ def _namespace(name: str) -> dict[str, Any]:
 
 
 def network_policy_body(spec: DomainApiSpec) -> dict[str, Any]:
-    """API port from the gateway proxies, admin port from Prometheus; out: PgBouncer, DNS."""
+    """API port from the gateway proxies, admin port from Prometheus (and the synthetic checks'
+    prober); out: PgBouncer, DNS."""
     return {
         "spec": {
             "podSelector": {"matchLabels": selector(spec.domain)},
@@ -454,7 +458,14 @@ def network_policy_body(spec: DomainApiSpec) -> dict[str, Any]:
                     "ports": [{"protocol": "TCP", "port": HTTP_PORT}],
                 },
                 {
-                    "from": [_namespace(spec.prometheus_namespace)],
+                    "from": [
+                        _namespace(spec.prometheus_namespace),
+                        *(
+                            [{"podSelector": {"matchLabels": dict(spec.prober_selector)}}]
+                            if spec.prober_selector
+                            else []
+                        ),
+                    ],
                     "ports": [{"protocol": "TCP", "port": ADMIN_PORT}],
                 },
             ],

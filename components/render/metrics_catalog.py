@@ -76,6 +76,13 @@ SOURCES: Final[tuple[MetricSource, ...]] = (
         list_file="envoy-gateway-1.8.txt",
     ),
     MetricSource(
+        name="blackbox_exporter",
+        version="0.23.0",
+        image="quay.io/prometheus/blackbox-exporter:v0.23.0",
+        url="https://github.com/prometheus/blackbox_exporter/blob/v0.23.0/prober/http.go",
+        list_file="blackbox_exporter-0.23.0.txt",
+    ),
+    MetricSource(
         name="kube-state-metrics",
         version="2",
         image=None,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from components.render import synthetic
 from components.render.alerts import (
     AlertThresholds,
     CdcSlotAlert,
@@ -92,6 +93,20 @@ def slo_rules(slos: dict[str, SloObjectives] = FIXED_SLOS) -> dict[str, Any]:
     return {"groups": groups}
 
 
+def synthetic_rules() -> dict[str, Any]:
+    """Only the synthetic-check group (rules-synthetic.yaml), anonymous access off."""
+    spec = render_prometheus_rules(
+        namespace="pgplatform",
+        domains=TEST_DOMAINS,
+        cluster_name="pg",
+        thresholds=FIXED_THRESHOLDS,
+        runbook_base_url=RUNBOOK_BASE,
+        max_connections=100,
+        synthetic_anonymous=False,
+    )
+    return {"groups": [g for g in spec["groups"] if g["name"] == synthetic.RULE_GROUP]}
+
+
 @pytest.mark.parametrize("mode", POSTGRES_MODES)
 @pytest.mark.parametrize("environment", ["staging", "prod"])
 def test_rendered_rules_pass_promtool_check(
@@ -109,6 +124,7 @@ def test_rendered_rules_pass_promtool_check(
         expected_replicas=2,
         slos={d: SloObjectives(availability=99.5, latency_p95_ms=500) for d in domains},
         cdc=FIXED_CDC,
+        synthetic_anonymous=environment == "staging",
     )
     rules = write_yaml(tmp_path / f"{environment}-{mode}.yaml", spec)
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
@@ -121,6 +137,7 @@ def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
     for mode in POSTGRES_MODES:
         write_yaml(tmp_path / f"rules-{mode}.yaml", fixed_rules(mode))
     write_yaml(tmp_path / "rules-slo.yaml", slo_rules())
+    write_yaml(tmp_path / "rules-synthetic.yaml", synthetic_rules())
     test_files = sorted(PROMTOOL_TESTS.glob("*.yaml"))
     assert test_files, f"no promtool tests in {PROMTOOL_TESTS}"
     for source in test_files:

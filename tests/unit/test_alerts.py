@@ -52,6 +52,7 @@ def render(**overrides: Any) -> dict[str, Any]:
     } | overrides
     args.setdefault("slos", dict.fromkeys(args["domains"], SLOS))
     args.setdefault("cdc", CdcSlotAlert(slot="analytics_cdc", retained_wal_bytes=2 * 1024**3))
+    args.setdefault("synthetic_anonymous", False)
     return render_prometheus_rules(**args)
 
 
@@ -292,7 +293,12 @@ def promtool_cases() -> dict[str, dict[str, set[str]]]:
 
 def test_every_alert_has_a_firing_and_a_silent_promtool_case() -> None:
     cases = promtool_cases()
-    assert set(cases) == {"rules-cnpg.yaml", "rules-external.yaml", "rules-slo.yaml"}
+    assert set(cases) == {
+        "rules-cnpg.yaml",
+        "rules-external.yaml",
+        "rules-slo.yaml",
+        "rules-synthetic.yaml",
+    }
     fires = set().union(*(c["fires"] for c in cases.values()))
     silent = set().union(*(c["silent"] for c in cases.values()))
     assert fires == set(ALERT_NAMES)

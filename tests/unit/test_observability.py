@@ -87,7 +87,11 @@ def test_observability_stack_in_both_stacks(
     kinds = children_of(mocks, "observability")
     assert kinds.count(f"{MONITORING}:PrometheusRule") == 1
     assert kinds.count(f"{MONITORING}:PodMonitor") == 1
-    assert kinds.count("kubernetes:core/v1:ConfigMap") == 2
+    # Two dashboards and the blackbox exporter's config (synthetic checks are on by default).
+    assert kinds.count("kubernetes:core/v1:ConfigMap") == 3
+    assert kinds.count(f"{MONITORING}:Probe") == 2 * len(
+        settings_of(stack, *stack_config(stack)).domains
+    )
 
 
 def test_one_monitor_per_target_and_no_duplicates(
@@ -137,6 +141,8 @@ def test_rule_selectors_match_the_scraped_jobs(
         for labels, name in services.items():
             if wanted.items() <= json.loads(labels).items():
                 scraped.add(name)
+    # Probe results carry the Probe's jobName.
+    scraped |= {probe["spec"]["jobName"] for probe in of_kind(mocks, "Probe")}
     assert pgbouncer_pool.SERVICE_NAME in jobs
     assert jobs, "no rule selects a job"
     assert jobs <= scraped, f"alerts select jobs nobody scrapes: {sorted(jobs - scraped)}"
