@@ -37,6 +37,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("ExternalSecret", r".*-external"): frozenset(
         {f"metadata.annotations.{SECRETS_CHECKSUM}", "spec.secretStoreRef.name"}
     ),
+    # The synthetic checks' exporter: its generated config ConfigMap (no secrets).
+    ("Deployment", r"observability-blackbox"): frozenset(
+        {"spec.template.spec.volumes[*].configMap.name"}
+    ),
     ("ExternalSecret", r".*-jwks"): frozenset({"spec.secretStoreRef.name"}),
     ("Cluster", r"postgres-cluster"): frozenset({"spec.monitoring.customQueriesConfigMap[*].name"}),
     ("Job", r"(sql-baseline|cdc)-job-[0-9a-f]+"): frozenset(
