@@ -37,6 +37,7 @@ _COMMON: Final[dict[str, Any]] = {
         "runbookBaseUrl": "https://github.com/pgplatform/pgplatform/blob/main/docs/runbooks",
         "prometheusNamespace": "monitoring",
         "synthetic": {"enabled": True, "interval": "30s", "timeout": "5s"},
+        "loki": {"enabled": False, "datasourceUid": "loki", "ruleLabels": {"loki_rule": "1"}},
     },
     "postgres": {"image": POSTGRES_IMAGE},
     "backup": {

@@ -24,6 +24,7 @@ from components.render.cdc import SLOT, max_slot_wal_keep_size
 from components.render.domain_api import DomainApiSpec
 from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
+from components.render.logs import LokiLogs
 from components.render.masking import MaskRule, masking_rules
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
@@ -403,6 +404,26 @@ def synthetic_checks(s: StackSettings) -> SyntheticChecks | None:
         interval=synthetic.interval,
         timeout=synthetic.timeout,
         prometheus_namespace=s.observability.prometheus_namespace,
+    )
+
+
+def loki_logs(s: StackSettings) -> LokiLogs | None:
+    """The gateway access log in Loki (``observability.loki``); None when it is off."""
+    from components.render import domain_api
+
+    loki = s.observability.loki
+    if not loki.enabled:
+        return None
+    gw = s.gateway
+    return LokiLogs(
+        namespace=s.namespace,
+        route_names=tuple(domain_api.service_name(d) for d in s.domains),
+        stream_labels=dict(
+            loki.stream_labels
+            or {"namespace": gw.proxy_namespace or gw.namespace, "container": "envoy"}
+        ),
+        datasource_uid=loki.datasource_uid,
+        rule_labels=dict(loki.rule_labels),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pulumi
 
 from components.k8s import KubeObject, meta
+from components.render import logs as logs_render
 from components.render import observability as render
 from components.render import pods
 from components.render import synthetic as synth
@@ -82,6 +83,8 @@ class ObservabilityStackArgs:
     """The change data capture slot to watch (when ``cdc.tables`` lists tables)."""
     synthetic: synth.SyntheticChecks | None = None
     """Blackbox exporter, Probes and their alerts; None: no synthetic checks."""
+    loki: logs_render.LokiLogs | None = None
+    """Gateway access log in Loki: the ruler's rule ConfigMap and the rows-per-route panel."""
     exporter: render.ExporterInput | None = None
     exporter_secrets: ExporterSecrets | None = None
     labels: Mapping[str, str] = field(
@@ -159,6 +162,7 @@ def dashboards(args: ObservabilityStackArgs) -> dict[str, dict[str, Any]]:
         max_connections=args.max_connections,
         postgres_mode="cnpg" if args.postgres_mode == "cnpg" else "external",
         naming=args.naming,
+        loki=args.loki,
     )
 
 
@@ -235,6 +239,19 @@ class ObservabilityStack(pulumi.ComponentResource):
             monitors.append(self._exporter(name, args, monitor_labels))
         if args.synthetic is not None:
             monitors += self._synthetic(name, args.synthetic, labels, monitor_labels)
+        if args.loki is not None:
+            KubeObject(
+                f"{name}-loki-rules",
+                api_version="v1",
+                kind="ConfigMap",
+                metadata=meta(
+                    ns,
+                    pods.with_extra_labels(labels, args.loki.rule_labels),
+                    name=logs_render.RULES_CONFIG_MAP,
+                ),
+                body={"data": {logs_render.RULE_FILE: logs_render.loki_rules_yaml(args.loki)}},
+                opts=child,
+            )
 
         spec = rule_spec(args)
         rule = KubeObject(
@@ -494,6 +511,7 @@ def observability_args(
         slos=inputs.slo_objectives(s),
         cdc=inputs.cdc_slot_alert(s),
         synthetic=inputs.synthetic_checks(s),
+        loki=inputs.loki_logs(s),
         exporter=exporter,
         exporter_secrets=secrets,
     )
@@ -516,6 +534,13 @@ def observability_report(s: StackSettings) -> list[str]:
         f"Observability: ServiceMonitors for {len(args.domains)} PostgREST admin ports and "
         f"PgBouncer, {database}; {len(alerts)} alerts; 2 dashboards",
         f"SLOs (availability/latency/window): {slos or 'none'}",
+        "Loki: "
+        + (
+            "off"
+            if args.loki is None
+            else f"rule ConfigMap {logs_render.RULES_CONFIG_MAP} ({logs_render.ROWS_RECORD}), "
+            f"rows-per-route panel, gateway log {args.loki.selector}"
+        ),
         "Synthetic checks: "
         + (
             "off"

@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_camel
 from components.defaults import ENVIRONMENTS, deep_merge, domain_defaults, stack_defaults
 from components.render import durations, schedules
 from components.render.baseline import validate_cache_control
+from components.render.logs import stream_labels_problem
 from components.render.masking import PRIVATE_SUFFIX, parse_column_key, parse_function
 from components.render.postgrest import validate_audience, validate_role_claim_key
 from components.render.slo import availability_problem, latency_problem, window_days
@@ -506,9 +507,25 @@ class SyntheticSettings(_Model):
         return self
 
 
+class LokiSettings(_Model):
+    """Loki holds the gateway's JSON access log: rules and a panel for rows per route."""
+
+    enabled: bool
+    # Grafana uid of the Loki data source the dashboard panel queries.
+    datasource_uid: str = Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    # Loki stream labels of the gateway proxies' log lines (as the cluster's collector sets
+    # them); unset: {namespace: <gateway.proxyNamespace or gateway.namespace>, container: envoy}.
+    stream_labels: (
+        Annotated[dict[str, str], AfterValidator(_no_problem(stream_labels_problem))] | None
+    ) = None
+    # Labels of the rule ConfigMap: what the Loki ruler's sidecar loads (loki chart: loki_rule).
+    rule_labels: Labels
+
+
 class ObservabilitySettings(_Model):
     alerts: AlertSettings
     synthetic: SyntheticSettings
+    loki: LokiSettings
     runbook_base_url: str = Field(pattern=r"^https://")
     prometheus_namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     # Added to ServiceMonitors, PodMonitors and the PrometheusRule: what the cluster's Prometheus

@@ -127,7 +127,9 @@ COMMENT ON FUNCTION platform.is_api_role(name) IS
 --     refused, never switched to;
 --   * in a tenanted domain, the tenant rules of platform.tenant_check() hold;
 --   * a GET or HEAD gets the Cache-Control its domain sets for the final role
---     (platform.cache_control), through PostgREST's response.headers.
+--     (platform.cache_control), through PostgREST's response.headers;
+--   * every response names the final role in X-Api-Role, so the gateway's JSON access log has
+--     route, role and row count (Content-Range) on one line (docs/observability.md, Logs).
 -- Every refusal is insufficient_privilege (42501): PostgREST answers 403 (401 for anonymous).
 -- SET LOCAL ROLE needs a volatile function (SET is refused in STABLE ones) that is SECURITY
 -- INVOKER (refused in SECURITY DEFINER ones); PostgreSQL checks it against the session user,
@@ -188,17 +190,18 @@ BEGIN
         WHERE c.schema_name OPERATOR(pg_catalog.=)
               pg_catalog.current_setting('app.settings.pgplatform_schema', true)
           AND c.role OPERATOR(pg_catalog.=) current_user;
-        IF cache IS NOT NULL THEN
-            PERFORM pg_catalog.set_config('response.headers',
-                pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('Cache-Control', cache))::text,
-                true);
-        END IF;
     END IF;
+    PERFORM pg_catalog.set_config('response.headers',
+        (pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('X-Api-Role', current_user))
+         OPERATOR(pg_catalog.||) CASE WHEN cache IS NULL THEN '[]'::pg_catalog.jsonb
+             ELSE pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('Cache-Control', cache))
+         END)::text,
+        true);
 END
 $$;
 
 COMMENT ON FUNCTION platform.pre_request() IS
-    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role; tenant rules; Cache-Control per role.';
+    'PostgREST db-pre-request: API roles only; sub required; x-auth-user must match sub; groups elevate the base role; tenant rules; Cache-Control per role; X-Api-Role names the final role.';
 
 -- Least privilege: nothing for PUBLIC; the API roles (which evaluate policies calling the claim
 -- helpers), the domain schema owner (whose views and functions may call them) and the audit

@@ -13,10 +13,12 @@ request are in PostgREST's ``Content-Range`` response header, i.e. in gateway ac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from components.render.logs import ROWS_RECORD as ROWS_RECORD_NAME
+from components.render.logs import LokiLogs, rows_query
 from components.render.metrics_catalog import (
     PostgresMode,
     Selectors,
@@ -77,6 +79,7 @@ class _Board:
         kind: str = "timeseries",
         threshold: float | None = None,
         width: int = 12,
+        datasource: Mapping[str, str] = _DATASOURCE,
     ) -> None:
         if self.x + width > 24:
             self.x, self.y = 0, self.y + 8
@@ -105,14 +108,14 @@ class _Board:
                 "type": kind,
                 "title": title,
                 "description": description,
-                "datasource": dict(_DATASOURCE),
+                "datasource": dict(datasource),
                 "gridPos": {"h": 8, "w": width, "x": self.x, "y": self.y},
                 "fieldConfig": {"defaults": defaults, "overrides": []},
                 "options": options,
                 "targets": [
                     {
                         "refId": chr(ord("A") + index),
-                        "datasource": dict(_DATASOURCE),
+                        "datasource": dict(datasource),
                         "expr": target.expr,
                         "legendFormat": target.legend,
                         "instant": target.instant,
@@ -156,7 +159,9 @@ def _dashboard(uid: str, title: str, board: _Board) -> dict[str, Any]:
     }
 
 
-def _api_dashboard(domains: Sequence[str], sel: Selectors, mode: PostgresMode) -> _Board:
+def _api_dashboard(
+    domains: Sequence[str], sel: Selectors, mode: PostgresMode, loki: LokiLogs | None = None
+) -> _Board:
     m = postgres_metrics(mode)
     board = _Board()
 
@@ -270,6 +275,17 @@ def _api_dashboard(domains: Sequence[str], sel: Selectors, mode: PostgresMode) -
         ),
         unit="Bps",
     )
+    if loki is not None:
+        board.panel(
+            "Rows returned per route and role (gateway access log)",
+            "Rows/s the API returned, from the Content-Range header in the gateway's JSON access "
+            "log (last - first + 1 per response), by route and the role in X-Api-Role; Loki "
+            f"query, also recorded by the Loki ruler as {ROWS_RECORD_NAME}.",
+            [Target(expr=rows_query(loki, "$__auto"), legend="{{route}} {{role}}")],
+            unit="rowsps",
+            width=24,
+            datasource={"type": "loki", "uid": loki.datasource_uid},
+        )
     board.row("PostgREST")
     board.panel(
         "PostgREST pool connections in use",
@@ -507,8 +523,11 @@ def render_dashboards(
     max_connections: int,
     postgres_mode: PostgresMode = "cnpg",
     naming: TargetNaming | None = None,
+    loki: LokiLogs | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """File name -> Grafana dashboard JSON, scoped to this stack's namespace and targets."""
+    """File name -> Grafana dashboard JSON, scoped to this stack's namespace and targets.
+
+    ``loki`` adds the rows-per-route panel, a LogQL query on the gateway's access log."""
     if not domains:
         raise ValueError("domains: at least one API domain is needed")
     if max_connections <= 0:
@@ -523,7 +542,7 @@ def render_dashboards(
         "pgplatform-api.json": _dashboard(
             f"pgplatform-api-{namespace}"[:40],
             f"pgplatform / API ({namespace})",
-            _api_dashboard(domains, sel, postgres_mode),
+            _api_dashboard(domains, sel, postgres_mode, loki),
         ),
         "pgplatform-database.json": _dashboard(
             f"pgplatform-db-{namespace}"[:40],
@@ -533,11 +552,15 @@ def render_dashboards(
     }
 
 
-def dashboard_expressions(dashboards: dict[str, dict[str, Any]]) -> list[str]:
-    """Every PromQL expression of ``dashboards``, in panel order."""
+def dashboard_expressions(
+    dashboards: dict[str, dict[str, Any]], datasource_type: str = "prometheus"
+) -> list[str]:
+    """Every expression of ``dashboards`` for one kind of data source (PromQL by default, or
+    ``"loki"``: LogQL), in panel order."""
     return [
         target["expr"]
         for dashboard in dashboards.values()
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
+        if target["datasource"]["type"] == datasource_type
     ]

@@ -1,5 +1,5 @@
 """pre_request's rules on real PostgreSQL through PgBouncer: roles from groups, the forward-auth
-header, Cache-Control per role.
+header, Cache-Control per role, the final role in X-Api-Role.
 
 The staging stack maps groups to roles (``auth.groupRoles`` in Pulumi.staging.yaml) with
 ``api_anonymous`` as the base role: PostgREST v14 runs a verified token without a role claim as
@@ -233,4 +233,29 @@ def test_cache_control_per_domain_and_role(
     expected: str | None,
 ) -> None:
     headers = response_headers(client, rendered_stack("staging"), case)
-    assert headers == (None if expected is None else [{"Cache-Control": expected}])
+    assert headers is not None
+    assert headers[1:] == ([] if expected is None else [{"Cache-Control": expected}])
+
+
+# -- X-Api-Role: the final role, for the gateway's access log -----------------------------------
+
+ROLE_CASES: Final[list[tuple[tuple[str, str, dict[str, Any], str], str]]] = [
+    (("content", BASE, {"role": BASE}, "GET"), BASE),
+    (("content", "api_user", {"role": "api_user", "sub": "u"}, "GET"), "api_user"),
+    # Elevated by groups: the role the query ran as, not the token's base role.
+    (("content", BASE, roleless("r", ["readers"]), "GET"), "api_user"),
+    (("content", BASE, roleless("e", ["readers", "editors"]), "POST"), "api_editor"),
+    (("identity", BASE, {"role": BASE}, "GET"), BASE),
+]
+
+
+@pytest.mark.parametrize(("case", "role"), ROLE_CASES)
+def test_every_response_names_the_final_role(
+    client: Conn,
+    rendered_stack: Callable[[str], Path],
+    case: tuple[str, str, dict[str, Any], str],
+    role: str,
+) -> None:
+    headers = response_headers(client, rendered_stack("staging"), case)
+    assert headers is not None
+    assert headers[0] == {"X-Api-Role": role}
