@@ -87,11 +87,12 @@ def test_observability_stack_in_both_stacks(
     kinds = children_of(mocks, "observability")
     assert kinds.count(f"{MONITORING}:PrometheusRule") == 1
     assert kinds.count(f"{MONITORING}:PodMonitor") == 1
-    # Two dashboards and the blackbox exporter's config (synthetic checks are on by default).
-    assert kinds.count("kubernetes:core/v1:ConfigMap") == 3
-    assert kinds.count(f"{MONITORING}:Probe") == 2 * len(
-        settings_of(stack, *stack_config(stack)).domains
-    )
+    # Two dashboards, the blackbox exporter's config (synthetic checks are on by default) and,
+    # where Loki is on (the staging stack), its rule file.
+    settings = settings_of(stack, *stack_config(stack))
+    loki = settings.observability.loki.enabled
+    assert kinds.count("kubernetes:core/v1:ConfigMap") == 3 + loki
+    assert kinds.count(f"{MONITORING}:Probe") == 2 * len(settings.domains)
 
 
 def test_one_monitor_per_target_and_no_duplicates(
