@@ -38,6 +38,12 @@ _COMMON: Final[dict[str, Any]] = {
         "prometheusNamespace": "monitoring",
         "synthetic": {"enabled": True, "interval": "30s", "timeout": "5s"},
         "loki": {"enabled": False, "datasourceUid": "loki", "ruleLabels": {"loki_rule": "1"}},
+        "graphql": {
+            "metrics": True,
+            "requestLog": True,
+            "maxOperationNames": 100,
+            "slowSeconds": 1.0,
+        },
     },
     "postgres": {"image": POSTGRES_IMAGE},
     "backup": {

@@ -143,7 +143,7 @@ class GraphqlPilot(pulumi.ComponentResource):
                 config=data,
                 deployment=deployment,
                 service_name=render.SERVICE_NAME,
-                service={"spec": render.service_spec(inp.port)},
+                service={"spec": render.service_spec(inp.port, inp.metrics_port)},
                 hpa={
                     "spec": render.hpa_spec(
                         min_replicas=args.min_replicas,
@@ -166,7 +166,8 @@ class GraphqlPilot(pulumi.ComponentResource):
             body={"spec": render.http_route_spec(args.route)},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
         )
-        # No ServiceMonitor: PostGraphile 4 exposes no metrics endpoint to scrape.
+        # The ServiceMonitor of the metrics port lives with every other monitor, in
+        # ObservabilityStack (its alerts select the job it gives the series).
 
         self.url = pulumi.Output.from_input(f"{args.public_base_url}{inp.graphql_route}")
         self.service_address = service.object_name.apply(

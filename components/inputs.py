@@ -281,11 +281,13 @@ def postgraphile_input(s: StackSettings) -> PostgraphileInput:
     """The GraphQL pilot's PostGraphile: the REST APIs' audience, role claim, anonymous role,
     pre-request function and key source, on the rw pool as its own authenticator."""
     from components.render import graphql_workload as gw
+    from components.render import postgraphile as pgr
     from components.render.access import ANONYMOUS
     from components.render.pgbouncer import RW_SUFFIX
     from components.render.postgraphile import SecretKeyRef
 
     g = s.graphql
+    o = s.observability.graphql
     route = gw.route_path(tuple(g.schemas))
     secret = gw.secret_name()
     hs256 = s.auth.mode == "hs256"
@@ -309,6 +311,9 @@ def postgraphile_input(s: StackSettings) -> PostgraphileInput:
         graphiql_route=f"{route}/graphiql",
         max_pool_size=g.db_pool,
         role_timeouts_ms=role_timeouts_ms(plan),
+        metrics_port=pgr.METRICS_PORT if o.metrics else None,
+        max_operation_names=o.max_operation_names,
+        request_log=o.request_log,
     )
 
 
@@ -361,6 +366,8 @@ def graphql_network_input(s: StackSettings) -> NetworkInput:
         server_port=postgraphile_input(s).port,
         pgbouncer_selector=selector_labels("pgbouncer", "pgbouncer"),
         pgbouncer_port=5432,
+        metrics_port=postgraphile_input(s).metrics_port,
+        prometheus_namespace=s.observability.prometheus_namespace,
     )
 
 

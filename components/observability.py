@@ -83,6 +83,8 @@ class ObservabilityStackArgs:
     """The change data capture slot to watch (when ``cdc.tables`` lists tables)."""
     synthetic: synth.SyntheticChecks | None = None
     """Blackbox exporter, Probes and their alerts; None: no synthetic checks."""
+    graphql_slow_seconds: float | None = None
+    """The GraphQL pilot runs with metrics: its ServiceMonitor and alerts (p95 limit)."""
     loki: logs_render.LokiLogs | None = None
     """Gateway access log in Loki: the ruler's rule ConfigMap and the rows-per-route panel."""
     exporter: render.ExporterInput | None = None
@@ -146,6 +148,7 @@ def rule_spec(args: ObservabilityStackArgs) -> dict[str, Any]:
         slos=args.slos,
         cdc=args.cdc,
         synthetic_anonymous=None if args.synthetic is None else args.synthetic.anonymous,
+        graphql_slow_seconds=args.graphql_slow_seconds,
     )
     if not args.backups:
         spec["groups"] = [g for g in spec["groups"] if g["name"] != BACKUP_RULE_GROUP]
@@ -239,6 +242,23 @@ class ObservabilityStack(pulumi.ComponentResource):
             monitors.append(self._exporter(name, args, monitor_labels))
         if args.synthetic is not None:
             monitors += self._synthetic(name, args.synthetic, labels, monitor_labels)
+        if args.graphql_slow_seconds is not None:
+            from components.render import graphql_workload as gw
+
+            monitors.append(
+                KubeObject(
+                    f"{name}-graphql",
+                    api_version=render.MONITORING_API_VERSION,
+                    kind="ServiceMonitor",
+                    metadata=meta(ns, monitor_labels),
+                    body={
+                        "spec": render.service_monitor_spec(
+                            namespace=ns, selector=gw.selector(), port=gw.METRICS_PORT_NAME
+                        )
+                    },
+                    opts=child,
+                )
+            )
         if args.loki is not None:
             KubeObject(
                 f"{name}-loki-rules",
@@ -512,6 +532,11 @@ def observability_args(
         cdc=inputs.cdc_slot_alert(s),
         synthetic=inputs.synthetic_checks(s),
         loki=inputs.loki_logs(s),
+        graphql_slow_seconds=(
+            s.observability.graphql.slow_seconds
+            if s.graphql.enabled and s.observability.graphql.metrics
+            else None
+        ),
         exporter=exporter,
         exporter_secrets=secrets,
     )

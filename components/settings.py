@@ -522,8 +522,22 @@ class LokiSettings(_Model):
     rule_labels: Labels
 
 
+class GraphqlObservabilitySettings(_Model):
+    """Metrics, request log and alerts of the GraphQL pilot (its rc file's server plugin)."""
+
+    # /metrics on its own port, a ServiceMonitor and the pilot's alerts.
+    metrics: bool
+    # One JSON line per operation on stdout (operation, status, role, duration, traceparent).
+    request_log: bool
+    # Distinct operation names the metrics keep apart; later names are counted as "other".
+    max_operation_names: int = Field(ge=1, le=10_000)
+    # GraphqlSlowResponses fires when the p95 response time stays above this.
+    slow_seconds: float = Field(gt=0, le=60)
+
+
 class ObservabilitySettings(_Model):
     alerts: AlertSettings
+    graphql: GraphqlObservabilitySettings
     synthetic: SyntheticSettings
     loki: LokiSettings
     runbook_base_url: str = Field(pattern=r"^https://")

@@ -12,12 +12,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
+from components.render.graphql_metrics import ALERT_NAMES as GRAPHQL_ALERT_NAMES
+from components.render.graphql_metrics import rule_group as graphql_rule_group
 from components.render.metrics_catalog import (
     PostgresMode,
     Selectors,
     TargetNaming,
     postgres_metrics,
 )
+from components.render.promql import number as _num
+from components.render.promql import percent as _percent
 from components.render.slo import ALERT_NAMES as SLO_ALERT_NAMES
 from components.render.slo import SloObjectives, slo_rule_groups
 from components.render.synthetic import ALERT_NAMES as SYNTHETIC_ALERT_NAMES
@@ -45,6 +49,7 @@ ALERT_NAMES: Final = (
     "CdcSlotRetainedWalHigh",
     *SLO_ALERT_NAMES,
     *SYNTHETIC_ALERT_NAMES,
+    *GRAPHQL_ALERT_NAMES,
 )
 
 
@@ -104,15 +109,6 @@ def default_thresholds(environment: str) -> AlertThresholds:
             f"environment: {environment!r} has no alert thresholds; use one of "
             f"{sorted(_DEFAULT_THRESHOLDS)}"
         ) from None
-
-
-def _num(value: float) -> str:
-    """A PromQL number literal: integral floats without a trailing ``.0``."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _percent(value: float) -> str:
-    return f"{_num(value * 100)}%"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -559,6 +555,7 @@ def render_prometheus_rules(
     slos: Mapping[str, SloObjectives] | None = None,
     cdc: CdcSlotAlert | None = None,
     synthetic_anonymous: bool | None = None,
+    graphql_slow_seconds: float | None = None,
 ) -> dict[str, Any]:
     """The PrometheusRule ``spec``: one group per concern, per-domain API rules.
 
@@ -567,7 +564,8 @@ def render_prometheus_rules(
     ``slos`` (domain -> objectives, one per domain) adds the SLO recording rules and burn-rate
     alerts of ``render.slo``; without it they are left out. ``synthetic_anonymous`` adds the
     alerts on the synthetic checks of ``render.synthetic`` (its value: whether the public check
-    expects anonymous access to be on); None leaves them out.
+    expects anonymous access to be on); None leaves them out. ``graphql_slow_seconds`` adds the
+    GraphQL pilot's alerts (``render.graphql_metrics``; its p95 limit); None: no pilot metrics.
 
     ``expected_replicas`` is the number of streaming standbys (CloudNativePG: instances - 1);
     0 omits PostgresReplicaMissing. Backup and restore-check alerts exist in cnpg mode only: an
@@ -618,6 +616,16 @@ def render_prometheus_rules(
         rendered.append(
             synthetic_rule_group(
                 namespace=namespace, anonymous=synthetic_anonymous, runbook_base_url=base
+            )
+        )
+    if graphql_slow_seconds is not None:
+        rendered.append(
+            graphql_rule_group(
+                namespace=namespace,
+                error_ratio=thresholds.api_error_ratio,
+                min_request_rate=thresholds.api_min_request_rate,
+                slow_seconds=graphql_slow_seconds,
+                runbook_base_url=base,
             )
         )
     return {"groups": rendered}

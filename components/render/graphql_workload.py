@@ -10,8 +10,8 @@ Decisions encoded here and why:
   pinned lockfile at build time, :mod:`components.render.graphql_image`): the pod installs
   nothing and reaches no package registry, so its network policy has no internet egress at all.
   The root file system is read-only; ``/tmp`` is a small ``emptyDir``.
-* No metrics port and no Prometheus ingress: PostGraphile 4 exports no metrics
-  (docs/graphql-pilot.md), and a rule for a port that serves nothing only widens access.
+* The metrics port (the rc file's plugin serves ``/metrics`` there) is open to Prometheus
+  only, and exists only while the plugin serves it (``metrics_port``).
 * No ``replicas`` on the Deployment: the HorizontalPodAutoscaler owns the count, and a replica
   number in the manifest would reset it on every deploy.
 """
@@ -43,6 +43,7 @@ JWKS_SECRET: Final = "graphql-jwks"  # noqa: S105 - an object name
 """Secret the pilot's JWKS ExternalSecret writes (key ``jwks.json``), from ``auth.jwksUrl``."""
 GATEWAY_API_VERSION: Final = "gateway.networking.k8s.io/v1"
 PORT_NAME: Final = "http"
+METRICS_PORT_NAME: Final = "metrics"
 ROUTE_PREFIX: Final = "/graphql"
 # Where the JWKS Secret is mounted (a directory, never subPath: rotated keys must arrive).
 JWKS_DIR: Final = "/etc/postgraphile-jwt"
@@ -164,7 +165,14 @@ def _server_container(w: GraphqlWorkloadInput) -> dict[str, Any]:
         "args": pgr.container_args(inp),
         "env": pgr.container_env(inp),
         "workingDir": inp.config_dir,
-        "ports": [{"name": PORT_NAME, "containerPort": inp.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": PORT_NAME, "containerPort": inp.port, "protocol": "TCP"},
+            *(
+                [{"name": METRICS_PORT_NAME, "containerPort": inp.metrics_port, "protocol": "TCP"}]
+                if inp.metrics_port is not None
+                else []
+            ),
+        ],
         # PostGraphile 4 has no health endpoint (GET on the GraphQL route answers 405).
         "startupProbe": pods.tcp_probe(PORT_NAME, period=2, failures=30),
         "livenessProbe": pods.tcp_probe(PORT_NAME),
@@ -223,13 +231,20 @@ def deployment_spec(w: GraphqlWorkloadInput) -> dict[str, Any]:
     }
 
 
-def service_spec(port: int) -> dict[str, Any]:
-    """ClusterIP Service ``graphql-api`` on the server port (the gateway's backend)."""
-    return {
-        "type": "ClusterIP",
-        "selector": selector(),
-        "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}],
-    }
+def service_spec(port: int, metrics_port: int | None = None) -> dict[str, Any]:
+    """ClusterIP Service ``graphql-api`` on the server port (the gateway's backend) and the
+    metrics port (what the ServiceMonitor scrapes)."""
+    ports = [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}]
+    if metrics_port is not None:
+        ports.append(
+            {
+                "name": METRICS_PORT_NAME,
+                "port": metrics_port,
+                "targetPort": METRICS_PORT_NAME,
+                "protocol": "TCP",
+            }
+        )
+    return {"type": "ClusterIP", "selector": selector(), "ports": ports}
 
 
 def hpa_spec(
@@ -319,6 +334,9 @@ class NetworkInput:
     server_port: int
     pgbouncer_selector: Mapping[str, str]
     pgbouncer_port: int
+    metrics_port: int | None = None
+    prometheus_namespace: str = "monitoring"
+    """Who scrapes ``metrics_port``."""
     dns_namespace: str = KUBE_DNS_NAMESPACE
     dns_selector: Mapping[str, str] = field(default_factory=lambda: dict(KUBE_DNS_LABELS))
 
@@ -328,17 +346,32 @@ class NetworkInput:
 
 
 def network_policy_spec(n: NetworkInput) -> dict[str, Any]:
-    """Ingress from the gateway's proxies only; egress to PgBouncer and DNS, nothing else."""
+    """Ingress from the gateway's proxies (and Prometheus on the metrics port); egress to
+    PgBouncer and DNS, nothing else."""
     dns_ports = [{"protocol": proto, "port": 53} for proto in ("UDP", "TCP")]
+    ingress: list[dict[str, Any]] = [
+        {
+            "from": [gateway_peer(n.gateway)],
+            "ports": [{"protocol": "TCP", "port": n.server_port}],
+        }
+    ]
+    if n.metrics_port is not None:
+        ingress.append(
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {NAMESPACE_LABEL: n.prometheus_namespace}
+                        }
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": n.metrics_port}],
+            }
+        )
     return {
         "podSelector": {"matchLabels": selector()},
         "policyTypes": ["Ingress", "Egress"],
-        "ingress": [
-            {
-                "from": [gateway_peer(n.gateway)],
-                "ports": [{"protocol": "TCP", "port": n.server_port}],
-            }
-        ],
+        "ingress": ingress,
         "egress": [
             {
                 "to": [{"podSelector": {"matchLabels": dict(n.pgbouncer_selector)}}],

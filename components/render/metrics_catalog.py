@@ -83,6 +83,13 @@ SOURCES: Final[tuple[MetricSource, ...]] = (
         list_file="blackbox_exporter-0.23.0.txt",
     ),
     MetricSource(
+        name="pgplatform-graphql-plugin",
+        version="4.14.1",
+        image=None,
+        url="https://github.com/pgplatform/pgplatform/blob/main/components/render/postgraphile.py",
+        list_file="pgplatform-graphql-plugin-4.14.1.txt",
+    ),
+    MetricSource(
         name="kube-state-metrics",
         version="2",
         image=None,

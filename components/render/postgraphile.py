@@ -28,6 +28,14 @@ POSTGRAPHILE_VERSION: Final = "4.14.1"
 # The pilot image's unprivileged "node" user (components/graphql/Dockerfile: USER 1000:1000).
 NODE_UID: Final = 1000
 RC_FILE: Final = ".postgraphilerc.js"
+METRICS_PORT: Final = 9464
+"""The plugin's /metrics port (the OpenTelemetry Prometheus exporter's customary one)."""
+METRIC_NAMES: Final = (
+    "pgplatform_graphql_requests_total",
+    "pgplatform_graphql_request_duration_seconds",
+    "pgplatform_graphql_errors_total",
+)
+"""What the rc file's plugin counts (prom-client; the histogram adds _bucket/_sum/_count)."""
 PACKAGE_FILES: Final = ("package.json", "package-lock.json")
 # The pinned npm tree the image is built from and the integration tests run.
 PACKAGE_DIR: Final = Path(__file__).resolve().parents[1] / "graphql"
@@ -106,6 +114,12 @@ class PostgraphileInput:
     """Where the image holds the npm tree (the Dockerfile's WORKDIR)."""
     role_timeouts_ms: Mapping[str, int] = field(default_factory=dict)
     """API role -> its statement_timeout in ms, applied per request (SET ROLE does not)."""
+    metrics_port: int | None = METRICS_PORT
+    """Port of the Prometheus ``/metrics`` endpoint of the rc file's plugin; None: off."""
+    max_operation_names: int = 100
+    """Distinct GraphQL operation names the metrics keep apart; later ones count as other."""
+    request_log: bool = True
+    """One JSON line per operation on stdout (name, status, role, duration, traceparent)."""
     role_claim_path: tuple[str | int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +130,7 @@ class PostgraphileInput:
         _check_timeouts(self.role_timeouts_ms)
         object.__setattr__(self, "role_claim_path", parse_role_claim_key(self.jwt_role_claim_key))
         _check_server(self)
+        _check_telemetry(self)
 
 
 def _check_schemas(schemas: tuple[str, ...]) -> None:
@@ -190,6 +205,15 @@ def _check_server(inp: PostgraphileInput) -> None:
         raise ValueError("graphiql_route: must differ from graphql_route")
     _check_path("config_dir", inp.config_dir)
     _check_path("app_dir", inp.app_dir)
+
+
+def _check_telemetry(inp: PostgraphileInput) -> None:
+    if inp.metrics_port is not None:
+        _check_port("metrics_port", inp.metrics_port)
+        if inp.metrics_port == inp.port:
+            raise ValueError(f"metrics_port: must differ from port {inp.port}")
+    if not 1 <= inp.max_operation_names <= 10_000:
+        raise ValueError(f"max_operation_names: 1..10000, got {inp.max_operation_names}")
 
 
 def _check_port(name: str, value: int) -> None:
@@ -300,6 +324,10 @@ def rc_config(inp: PostgraphileInput) -> dict[str, Any]:
         "jwksFile": inp.jwks_file,
         "jwtSecretEnv": JWT_SECRET_ENV if inp.jwt_secret is not None else None,
         "roleTimeoutsMs": dict(inp.role_timeouts_ms),
+        "metricsPort": inp.metrics_port,
+        "metricsHost": inp.listen_host,
+        "maxOperationNames": inp.max_operation_names,
+        "requestLog": inp.request_log,
     }
 
 
@@ -350,6 +378,7 @@ _RC_TEMPLATE: Final = r"""'use strict';
 
 const crypto = require('crypto');
 const fs = require('fs');
+const http = require('http');
 const { createRequire } = require('module');
 
 const CONFIG = __PGPLATFORM_CONFIG__;
@@ -619,6 +648,14 @@ async function pgSettings(req) {
   }
   // PostgREST hands the database the verified claims with "role" set to the role it switched to.
   const settings = { role, 'request.jwt.claims': JSON.stringify({ ...claims, role }) };
+  // The gateway's trace context reaches the database session: SQL reads it as
+  // current_setting('request.traceparent', true), and every line PostgreSQL logs for this
+  // transaction carries it in application_name.
+  const traceparent = traceparentOf(req);
+  if (traceparent !== null) {
+    settings['request.traceparent'] = traceparent;
+    settings.application_name = `${APPLICATION_NAME}:${traceparent}`;
+  }
   // SET ROLE does not apply the role's own settings: its statement_timeout holds for this
   // request's transaction only, as under PostgREST. A role not listed is one the authenticator
   // cannot become, which the database refuses.
@@ -657,5 +694,170 @@ function withPostGraphileContext(previous) {
   };
 }
 
-module.exports = { options: { pgSettings, plugins: [__filename] }, withPostGraphileContext };
+// -- Telemetry: W3C trace context, Prometheus metrics, a JSON line per request ------------------
+
+// traceparent (W3C Trace Context, version 00): version-traceid-parentid-flags, lower-case hex;
+// all-zero ids and version ff are invalid and dropped, as a tracer would.
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+// PostgreSQL keeps 63 bytes of application_name: the prefix plus the 55 of a traceparent fit.
+const APPLICATION_NAME = 'graphql';
+
+function traceparentOf(req) {
+  const value = req && req.headers ? req.headers.traceparent : undefined;
+  if (typeof value !== 'string') {
+    return null;
+  }
+  const match = TRACEPARENT.exec(value.trim());
+  if (match === null || match[1] === 'ff' || /^0+$/.test(match[2]) || /^0+$/.test(match[3])) {
+    return null;
+  }
+  return match[0];
+}
+
+const promClient = createRequire(`${CONFIG.appDir}/package.json`)('prom-client');
+const registry = new promClient.Registry();
+promClient.collectDefaultMetrics({ register: registry });
+const OPERATION_LABELS = ['operation', 'operation_type'];
+const requestsTotal = new promClient.Counter({
+  name: 'pgplatform_graphql_requests_total',
+  help: 'GraphQL operations answered, by operation name, type and HTTP status.',
+  labelNames: [...OPERATION_LABELS, 'status'],
+  registers: [registry],
+});
+const requestSeconds = new promClient.Histogram({
+  name: 'pgplatform_graphql_request_duration_seconds',
+  help: 'Time from receiving a GraphQL request to its response, by operation name and type.',
+  labelNames: OPERATION_LABELS,
+  buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+  registers: [registry],
+});
+const errorsTotal = new promClient.Counter({
+  name: 'pgplatform_graphql_errors_total',
+  help: 'GraphQL errors returned (a response may carry several), by operation name and type.',
+  labelNames: OPERATION_LABELS,
+  registers: [registry],
+});
+
+// Operation names are chosen by clients: past this many distinct ones, new names count as
+// "other", so a client cannot grow the metrics without bound.
+const seenOperations = new Set();
+const ANONYMOUS = 'anonymous';
+const INVALID = 'invalid';
+const OTHER = 'other';
+
+function operationOf(documentAst) {
+  const definitions = (documentAst && documentAst.definitions) || [];
+  const operation = definitions.find((d) => d.kind === 'OperationDefinition');
+  if (!operation) {
+    return { name: INVALID, type: INVALID };
+  }
+  let name = operation.name ? operation.name.value : ANONYMOUS;
+  if (!seenOperations.has(name)) {
+    if (seenOperations.size >= CONFIG.maxOperationNames) {
+      name = OTHER;
+    } else {
+      seenOperations.add(name);
+    }
+  }
+  return { name, type: operation.operation };
+}
+
+function requestIdOf(req) {
+  const value = req.headers['x-request-id'];
+  return typeof value === 'string' ? value : null;
+}
+
+const STARTED = Symbol('pgplatform.started');
+const OPERATIONS = Symbol('pgplatform.operations');
+
+// Every request through PostGraphile's handler: note when it arrived.
+function httpHandler(req) {
+  if (req) {
+    req[STARTED] = process.hrtime.bigint();
+    req[OPERATIONS] = [];
+  }
+  return req;
+}
+
+// One per operation of the request (several when batched): its name, type, errors and role.
+function httpResult(result, { queryDocumentAst, req, pgRole }) {
+  if (req && req[OPERATIONS]) {
+    req[OPERATIONS].push({
+      ...operationOf(queryDocumentAst),
+      errors: (result && result.errors ? result.errors.length : 0),
+      role: pgRole === undefined ? null : pgRole,
+    });
+  }
+  return result;
+}
+
+// The response is complete: count, time and log each operation with the final HTTP status.
+function httpEnd(end, { req }) {
+  if (!req || req[STARTED] === undefined) {
+    return end;
+  }
+  const seconds = Number(process.hrtime.bigint() - req[STARTED]) / 1e9;
+  const status = String(end.statusCode || 200);
+  const operations = req[OPERATIONS].length
+    ? req[OPERATIONS]
+    : [{ name: INVALID, type: INVALID, errors: 1, role: null }];
+  for (const op of operations) {
+    const labels = { operation: op.name, operation_type: op.type };
+    requestsTotal.inc({ ...labels, status });
+    requestSeconds.observe(labels, seconds);
+    if (op.errors > 0) {
+      errorsTotal.inc(labels, op.errors);
+    }
+    if (CONFIG.requestLog) {
+      process.stdout.write(
+        `${JSON.stringify({
+          time: new Date().toISOString(),
+          msg: 'graphql request',
+          operation: op.name,
+          operation_type: op.type,
+          status: Number(status),
+          errors: op.errors,
+          role: op.role,
+          duration_ms: Math.round(seconds * 1e6) / 1e3,
+          traceparent: traceparentOf(req),
+          request_id: requestIdOf(req),
+        })}\n`,
+      );
+    }
+  }
+  return end;
+}
+
+// Prometheus scrapes a port of its own, which the gateway never routes to.
+function serverCreated(server) {
+  if (CONFIG.metricsPort !== null) {
+    const metrics = http.createServer(async (req, res) => {
+      if (req.method !== 'GET' || (req.url || '').split('?')[0] !== '/metrics') {
+        res.statusCode = 404;
+        res.end();
+        return;
+      }
+      try {
+        const body = await registry.metrics();
+        res.setHeader('Content-Type', registry.contentType);
+        res.end(body);
+      } catch (error) {
+        res.statusCode = 500;
+        res.end(String(error));
+      }
+    });
+    metrics.listen(CONFIG.metricsPort, CONFIG.metricsHost);
+    server.on('close', () => metrics.close());
+  }
+  return server;
+}
+
+module.exports = {
+  options: { pgSettings, plugins: [__filename] },
+  withPostGraphileContext,
+  'postgraphile:http:handler': httpHandler,
+  'postgraphile:http:result': httpResult,
+  'postgraphile:http:end': httpEnd,
+  'cli:server:created': serverCreated,
+};
 """

@@ -414,13 +414,13 @@ def install_tree(recipe: ImageRecipe, root: Path) -> Path:
     return target
 
 
-def local_rc_file(rc_file: str, replacements: Mapping[str, str]) -> str:
-    """The rendered rc file with only the given CONFIG path values replaced."""
+def local_rc_file(rc_file: str, replacements: Mapping[str, str | int]) -> str:
+    """The rendered rc file with only the given CONFIG values (paths, addresses) replaced."""
     match = re.search(r"^const CONFIG = (\{.*?^\});$", rc_file, re.MULTILINE | re.DOTALL)
     assert match is not None
     config = json.loads(match.group(1))
     for name, value in replacements.items():
-        assert isinstance(config.get(name), str), (name, config.get(name))
+        assert type(config.get(name)) is type(value), (name, config.get(name))
         config[name] = value
     return rc_file[: match.start(1)] + json.dumps(config, indent=2) + rc_file[match.end(1) :]
 
@@ -466,6 +466,7 @@ class PostGraphile:
         self.graphiql_route = args[args.index("--graphiql") + 1] if "--graphiql" in args else None
         self.args = local_args(args, db_host=pgbouncer.host, db_port=pgbouncer.port, port=self.port)
         self.url = f"http://127.0.0.1:{self.port}{self.route}"
+        self.metrics_port = free_port()
         self.config_dir = Path(tempfile.mkdtemp(prefix="pgplatform-graphql-"))
         self.log_file = self.config_dir / "postgraphile.log"
         self.jwks_file = jwks_file
@@ -478,7 +479,10 @@ class PostGraphile:
         rc = rc_config(self.pilot.rc_file)
         recipe = image_recipe()
         assert rc["appDir"] == recipe.app_dir, "the rc file loads modules from the image's tree"
-        replacements = {"appDir": str(self.app)}
+        replacements: dict[str, str | int] = {"appDir": str(self.app)}
+        if rc["metricsPort"] is not None:
+            # The pod's metrics port and address, on this machine's loopback.
+            replacements.update(metricsPort=self.metrics_port, metricsHost="127.0.0.1")
         if "jwks" in mounts:
             assert Path(rc["jwksFile"]).parent == Path(mounts["jwks"]), rc
             replacements["jwksFile"] = str(self.jwks_file)
@@ -531,9 +535,15 @@ class PostGraphile:
         pytest.fail(f"PostGraphile not ready after {STARTUP_SECONDS}s ({last}):\n{self.log()}")
 
     def post(
-        self, query: str, token: str | None, *, timeout: float = 10, raw_auth: str | None = None
+        self,
+        query: str,
+        token: str | None,
+        *,
+        timeout: float = 10,
+        raw_auth: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(headers or {})}
         if raw_auth is not None:
             headers["Authorization"] = raw_auth
         elif token is not None:
@@ -1030,3 +1040,159 @@ def test_staging_secret_may_be_an_oct_key_set(
         assert json.loads(outcome[name]["settings"]["request.jwt.claims"])["sub"] == "user-a"
     for name in ("kid of the other key", "the plain secret"):
         assert outcome[name] == {"status": 401}, (name, outcome)
+
+
+# -- metrics, request log and trace context (the rc file's server plugin) ------------------------
+METRIC_LIST = ROOT / "tests" / "data" / "metrics" / "pgplatform-graphql-plugin-4.14.1.txt"
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
+
+
+def scrape(server: PostGraphile) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The plugin's /metrics, as (name, labels) -> value."""
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        body = response.read().decode()
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for line in body.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def test_metrics_count_each_operation_with_its_status_and_errors(
+    servers: dict[str, PostGraphile], keys: Keys
+) -> None:
+    server = servers["staging"]
+    token = keys.staging.token(keys.staging.claims(role="api_user", sub="user-a"))
+    before = scrape(server)
+    op = {"operation": "MetricsAccounts", "operation_type": "query"}
+    for _ in range(3):
+        status, body = server.post("query MetricsAccounts { allAccounts { nodes { sub } } }", token)
+        assert status == 200, body
+    status, _ = server.post("query MetricsRefused { allAccounts { nodes { sub } } }", "x.y.z")
+    assert status == 401
+    status, _ = server.post("query MetricsBroken { allAccounts { nodes { noSuchField } } }", token)
+    assert status == 400
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("pgplatform_graphql_requests_total", **op, status="200") == 3
+    assert delta("pgplatform_graphql_request_duration_seconds_count", **op) == 3
+    assert delta("pgplatform_graphql_request_duration_seconds_bucket", **op, le="+Inf") == 3
+    assert delta("pgplatform_graphql_request_duration_seconds_sum", **op) > 0
+    assert delta("pgplatform_graphql_errors_total", **op) == 0
+    refused = {"operation": "MetricsRefused", "operation_type": "query"}
+    assert delta("pgplatform_graphql_requests_total", **refused, status="401") == 1
+    assert delta("pgplatform_graphql_errors_total", **refused) == 1
+    broken = {"operation": "MetricsBroken", "operation_type": "query"}
+    assert delta("pgplatform_graphql_requests_total", **broken, status="400") == 1
+    assert delta("pgplatform_graphql_errors_total", **broken) == 1
+
+
+def test_every_listed_metric_is_served_by_the_real_plugin(
+    servers: dict[str, PostGraphile], keys: Keys
+) -> None:
+    """tests/data/metrics/pgplatform-graphql-plugin-4.14.1.txt names only real series."""
+    from components.render.metrics_catalog import parse_metric_list
+    from components.render.postgraphile import METRIC_NAMES
+
+    server = servers["prod"]
+    token = keys.prod_rs256.token(keys.prod_rs256.claims(role="api_admin", sub="admin-1"))
+    status, _ = server.post("query Listed { allAccounts { totalCount } }", token)
+    assert status == 200
+    status, _ = server.post("query ListedRefused { allAccounts { totalCount } }", None)
+    assert status == 401  # prod: no anonymous access; a labelled counter appears once counted
+    served = {name for name, _ in scrape(server)}
+    listed = parse_metric_list(METRIC_LIST.read_text())
+    assert not listed - served, sorted(listed - served)
+    for name in METRIC_NAMES:
+        assert name in listed or f"{name}_bucket" in listed, name
+
+
+def test_operation_names_are_bounded(servers: dict[str, PostGraphile], keys: Keys) -> None:
+    """Past maxOperationNames distinct names, new ones are counted as "other"."""
+    server = servers["staging"]
+    token = keys.staging.token(keys.staging.claims(role="api_user", sub="user-a"))
+    limit = rc_config(server.pilot.rc_file)["maxOperationNames"]
+    for index in range(limit + 5):
+        status, _ = server.post(f"query Bounded{index} {{ __typename }}", token)
+        assert status == 200
+    operations = {
+        dict(labels).get("operation")
+        for name, labels in scrape(server)
+        if name == "pgplatform_graphql_requests_total"
+    }
+    assert len(operations) <= limit + 1
+    assert "other" in operations
+
+
+def test_traceparent_reaches_the_database_and_the_request_log(
+    servers: dict[str, PostGraphile], keys: Keys, database: PgCluster
+) -> None:
+    """The gateway's traceparent is set in the request's transaction (request.traceparent and
+    application_name), so PostgreSQL's own log lines of that request carry it; the plugin's JSON
+    request line carries it too."""
+    server = servers["staging"]
+    token = keys.staging.token(keys.staging.claims(role="api_user", sub="user-a"))
+    with database.connect() as conn:
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("ALTER SYSTEM SET log_line_prefix = '%m [%p] app=%a '")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)  # the postmaster signals its backends; they reload between statements
+        status, body = server.post(
+            "query Traced { allAccounts { nodes { sub } } }",
+            token,
+            headers={"traceparent": TRACEPARENT, "X-Request-Id": "req-42"},
+        )
+        assert status == 200, body
+        untraced, _ = server.post(
+            "query Untraced { allAccounts { nodes { sub } } }",
+            token,
+            headers={"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"},  # invalid id
+        )
+        assert untraced == 200
+    finally:
+        with database.connect() as conn:
+            conn.execute("ALTER SYSTEM RESET log_statement")
+            conn.execute("ALTER SYSTEM RESET log_line_prefix")
+            conn.execute("SELECT pg_reload_conf()")
+    log = database.server_log()
+    traced = [line for line in log.splitlines() if f"app=graphql:{TRACEPARENT} " in line]
+    # The pre-request check and the query itself run under the request's trace context.
+    assert any("statement: select platform.pre_request()" in line for line in traced), log[-3000:]
+    assert any("statement: with __local_0__" in line for line in traced), log[-3000:]
+    assert any(
+        "= 'request.traceparent'" in line and f"= '{TRACEPARENT}'" in line
+        for line in log.splitlines()
+    ), "request.traceparent is not set in the transaction"
+    assert "00000000000000000000000000000000" not in log
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = [json.loads(x) for x in server.log().splitlines() if x.startswith('{"time"')]
+        entries = {entry["operation"]: entry for entry in lines}
+        if "Untraced" in entries:
+            break
+        time.sleep(0.1)
+    traced_entry = entries["Traced"]
+    assert traced_entry["traceparent"] == TRACEPARENT
+    assert traced_entry["request_id"] == "req-42"
+    assert traced_entry["role"] == "api_user"
+    assert traced_entry["status"] == 200
+    assert traced_entry["duration_ms"] > 0
+    assert entries["Untraced"]["traceparent"] is None

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from components.render import synthetic
+from components.render import graphql_metrics, synthetic
 from components.render.alerts import (
     AlertThresholds,
     CdcSlotAlert,
@@ -107,6 +107,20 @@ def synthetic_rules() -> dict[str, Any]:
     return {"groups": [g for g in spec["groups"] if g["name"] == synthetic.RULE_GROUP]}
 
 
+def graphql_rules() -> dict[str, Any]:
+    """Only the GraphQL pilot's group (rules-graphql.yaml), p95 limit 1 s."""
+    spec = render_prometheus_rules(
+        namespace="pgplatform",
+        domains=TEST_DOMAINS,
+        cluster_name="pg",
+        thresholds=FIXED_THRESHOLDS,
+        runbook_base_url=RUNBOOK_BASE,
+        max_connections=100,
+        graphql_slow_seconds=1.0,
+    )
+    return {"groups": [g for g in spec["groups"] if g["name"] == graphql_metrics.RULE_GROUP]}
+
+
 @pytest.mark.parametrize("mode", POSTGRES_MODES)
 @pytest.mark.parametrize("environment", ["staging", "prod"])
 def test_rendered_rules_pass_promtool_check(
@@ -125,6 +139,7 @@ def test_rendered_rules_pass_promtool_check(
         slos={d: SloObjectives(availability=99.5, latency_p95_ms=500) for d in domains},
         cdc=FIXED_CDC,
         synthetic_anonymous=environment == "staging",
+        graphql_slow_seconds=1.0,
     )
     rules = write_yaml(tmp_path / f"{environment}-{mode}.yaml", spec)
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
@@ -138,6 +153,7 @@ def test_promtool_unit_tests_pass(tmp_path: Path) -> None:
         write_yaml(tmp_path / f"rules-{mode}.yaml", fixed_rules(mode))
     write_yaml(tmp_path / "rules-slo.yaml", slo_rules())
     write_yaml(tmp_path / "rules-synthetic.yaml", synthetic_rules())
+    write_yaml(tmp_path / "rules-graphql.yaml", graphql_rules())
     test_files = sorted(PROMTOOL_TESTS.glob("*.yaml"))
     assert test_files, f"no promtool tests in {PROMTOOL_TESTS}"
     for source in test_files:

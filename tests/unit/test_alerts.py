@@ -53,6 +53,7 @@ def render(**overrides: Any) -> dict[str, Any]:
     args.setdefault("slos", dict.fromkeys(args["domains"], SLOS))
     args.setdefault("cdc", CdcSlotAlert(slot="analytics_cdc", retained_wal_bytes=2 * 1024**3))
     args.setdefault("synthetic_anonymous", False)
+    args.setdefault("graphql_slow_seconds", 1.0)
     return render_prometheus_rules(**args)
 
 
@@ -298,6 +299,7 @@ def test_every_alert_has_a_firing_and_a_silent_promtool_case() -> None:
         "rules-external.yaml",
         "rules-slo.yaml",
         "rules-synthetic.yaml",
+        "rules-graphql.yaml",
     }
     fires = set().union(*(c["fires"] for c in cases.values()))
     silent = set().union(*(c["silent"] for c in cases.values()))

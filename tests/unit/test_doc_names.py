@@ -74,12 +74,14 @@ CONDITIONAL: Mapping[str, str] = {
     r"Subscription/postgres-db-analytics-cdc": "staging",
     r"(Job|ConfigMap)/app\.kubernetes\.io/name=cdc": "staging",
     r"CronJob/postgres-advisor": "staging",
+    r"Deployment/graphql-api": "staging",
+    r"Pod/app\.kubernetes\.io/name=postgraphile": "staging",
 }
 """References to objects only some stacks have, and the render that must have them: the
 exporter exists for an external database only, the restore check where backups are on, the
 JWKS Secrets where tokens are verified with the identity provider's keys (auth.mode jwks), the
 change data capture objects where cdc.tables lists tables, the advisor's CronJob where
-``advisor.enabled`` (staging by default)."""
+``advisor.enabled`` (staging by default), the GraphQL pilot where it is enabled (staging)."""
 CREATED_BY_THE_PROCEDURE = frozenset({"Cluster/postgres-db-pitr"})
 """docs/backups.md creates this recovery cluster itself (``kubectl create -f recovery.json``)."""
 

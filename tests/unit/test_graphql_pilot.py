@@ -340,10 +340,21 @@ def test_no_secret_in_config_map_or_env_literals(programs: dict[str, Any], progr
 def test_network_reach(programs: dict[str, Any], program: str) -> None:
     mocks, s = programs[program]
     policy = pilot_objects(mocks)["NetworkPolicy"]["spec"]
-    (ingress,) = policy["ingress"]
+    ingress, metrics = policy["ingress"]
     assert ingress["from"] == [
         {"namespaceSelector": {"matchLabels": {gw.NAMESPACE_LABEL: s.gateway.namespace}}}
     ]
+    # The plugin's /metrics port: Prometheus only, never the gateway.
+    assert metrics == {
+        "from": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {gw.NAMESPACE_LABEL: s.observability.prometheus_namespace}
+                }
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 9464}],
+    }
     # PgBouncer and DNS only: no address block, so no way out of the cluster.
     pooler, _dns = policy["egress"]
     assert pooler["to"][0]["podSelector"]["matchLabels"] == pods.selector_labels(

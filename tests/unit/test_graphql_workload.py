@@ -212,7 +212,10 @@ def test_server_runs_the_rendered_postgraphile_container() -> None:
     assert server["command"] == pgr.container_command(w.postgraphile)
     assert server["args"] == pgr.container_args(w.postgraphile)
     assert server["env"] == pgr.container_env(w.postgraphile)
-    assert server["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
+    assert server["ports"] == [
+        {"name": "http", "containerPort": 5000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9464, "protocol": "TCP"},
+    ]
 
 
 @pytest.mark.parametrize("make", [workload, jwks_workload])

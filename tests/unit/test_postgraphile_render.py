@@ -148,11 +148,43 @@ def test_rc_file_embeds_the_settings() -> None:
         "preRequest": "platform.pre_request",
         "roleTimeoutsMs": {"api_admin": 30000, "api_user": 5000},
         "roleClaimPath": ["https://example.com/claims", "roles", 0],
+        "metricsPort": 9464,
+        "metricsHost": "0.0.0.0",  # noqa: S104 - the pod's own address
+        "maxOperationNames": 100,
+        "requestLog": True,
     }
     assert "__PGPLATFORM_CONFIG__" not in text
     # What PostGraphile applies per transaction: the role and PostgREST's claims GUC.
     assert "'request.jwt.claims': JSON.stringify({ ...claims, role })" in text
-    assert "module.exports = { options: { pgSettings, plugins: [__filename] }" in text
+    assert "options: { pgSettings, plugins: [__filename] }" in text
+    # The telemetry hooks of the same plugin (proven with the real server in the integration
+    # tests): metrics and the request log per operation, the trace context into the session.
+    for hook in (
+        "'postgraphile:http:handler'",
+        "'postgraphile:http:result'",
+        "'postgraphile:http:end'",
+        "'cli:server:created'",
+    ):
+        assert hook in text
+    assert "settings.application_name = `${APPLICATION_NAME}:${traceparent}`" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metrics_port": 5000}, "metrics_port: must differ"),
+        ({"metrics_port": 0}, "metrics_port"),
+        ({"max_operation_names": 0}, "max_operation_names"),
+    ],
+)
+def test_telemetry_settings_validate(change: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make(**change)
+
+
+def test_metrics_can_be_off() -> None:
+    config = rendered_config(pgr.render_rc_file(make(metrics_port=None, request_log=False)))
+    assert (config["metricsPort"], config["requestLog"]) == (None, False)
 
 
 def test_prod_defaults_refuse_anonymous_requests() -> None:
