@@ -739,7 +739,7 @@ const errorsTotal = new promClient.Counter({
 });
 
 // Operation names are chosen by clients: past this many distinct ones, new names count as
-// "other", so a client cannot grow the metrics without bound.
+// "other" in the metrics, so a client cannot grow them without bound (the log keeps the name).
 const seenOperations = new Set();
 const ANONYMOUS = 'anonymous';
 const INVALID = 'invalid';
@@ -749,17 +749,18 @@ function operationOf(documentAst) {
   const definitions = (documentAst && documentAst.definitions) || [];
   const operation = definitions.find((d) => d.kind === 'OperationDefinition');
   if (!operation) {
-    return { name: INVALID, type: INVALID };
+    return { name: INVALID, label: INVALID, type: INVALID };
   }
-  let name = operation.name ? operation.name.value : ANONYMOUS;
+  const name = operation.name ? operation.name.value : ANONYMOUS;
+  let label = name;
   if (!seenOperations.has(name)) {
     if (seenOperations.size >= CONFIG.maxOperationNames) {
-      name = OTHER;
+      label = OTHER;
     } else {
       seenOperations.add(name);
     }
   }
-  return { name, type: operation.operation };
+  return { name, label, type: operation.operation };
 }
 
 function requestIdOf(req) {
@@ -800,9 +801,9 @@ function httpEnd(end, { req }) {
   const status = String(end.statusCode || 200);
   const operations = req[OPERATIONS].length
     ? req[OPERATIONS]
-    : [{ name: INVALID, type: INVALID, errors: 1, role: null }];
+    : [{ name: INVALID, label: INVALID, type: INVALID, errors: 1, role: null }];
   for (const op of operations) {
-    const labels = { operation: op.name, operation_type: op.type };
+    const labels = { operation: op.label, operation_type: op.type };
     requestsTotal.inc({ ...labels, status });
     requestSeconds.observe(labels, seconds);
     if (op.errors > 0) {

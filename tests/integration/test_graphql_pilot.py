@@ -1164,7 +1164,11 @@ def test_traceparent_reaches_the_database_and_the_request_log(
         untraced, _ = server.post(
             "query Untraced { allAccounts { nodes { sub } } }",
             token,
-            headers={"traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01"},  # invalid id
+            # An all-zero trace id is invalid: dropped.
+            headers={
+                "traceparent": "00-" + "0" * 32 + "-00f067aa0ba902b7-01",
+                "X-Request-Id": "req-43",
+            },
         )
         assert untraced == 200
     finally:
@@ -1185,14 +1189,15 @@ def test_traceparent_reaches_the_database_and_the_request_log(
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = [json.loads(x) for x in server.log().splitlines() if x.startswith('{"time"')]
-        entries = {entry["operation"]: entry for entry in lines}
-        if "Untraced" in entries:
+        entries = {entry["request_id"]: entry for entry in lines}
+        if "req-43" in entries:
             break
         time.sleep(0.1)
-    traced_entry = entries["Traced"]
+    traced_entry = entries["req-42"]
+    # The log keeps the client's operation name even where the metrics say "other".
+    assert traced_entry["operation"] == "Traced"
     assert traced_entry["traceparent"] == TRACEPARENT
-    assert traced_entry["request_id"] == "req-42"
     assert traced_entry["role"] == "api_user"
     assert traced_entry["status"] == 200
     assert traced_entry["duration_ms"] > 0
-    assert entries["Untraced"]["traceparent"] is None
+    assert entries["req-43"]["traceparent"] is None
