@@ -26,6 +26,7 @@ from components.render.durations import duration_ms, parse_duration
 from components.render.graphql_workload import NetworkInput, RouteInput
 from components.render.logs import LokiLogs
 from components.render.masking import MaskRule, masking_rules
+from components.render.migrations import MigrationPlan, plan_migrations
 from components.render.observability import ExporterInput
 from components.render.pgbouncer_pool import PgBouncerPoolSpec, PoolSettings
 from components.render.postgraphile import PostgraphileInput
@@ -189,6 +190,11 @@ def sql_files(s: StackSettings) -> list[tuple[str, str]]:
             exposed_schemas(s), group_roles(s), cache_control(s), tenancy(s), masking(s)
         ),
     ]
+
+
+def migration_plan(s: StackSettings) -> MigrationPlan:
+    """The domain migrations the stack's migrations Job applies (its configured domains)."""
+    return plan_migrations(tuple(s.domains))
 
 
 def pgbouncer_host(s: StackSettings) -> str:

@@ -164,6 +164,7 @@ def build_platform(s: StackSettings) -> Platform:
             tenancy=inputs.tenancy(s),
             masking=inputs.masking(s),
             endpoint=database.endpoint,
+            migrations=inputs.migration_plan(s),
         ),
         opts=after(access),
     )
@@ -244,6 +245,8 @@ def export_outputs(platform: Platform) -> None:
         pulumi.export("pgbouncerHost", platform.pooler.host)
     if platform.baseline is not None:
         pulumi.export("sqlBaselineJob", platform.baseline.job_name)
+        if platform.baseline.migrations_job_name is not None:
+            pulumi.export("migrationsJob", platform.baseline.migrations_job_name)
 
 
 def report_lines(s: StackSettings) -> list[str]:

@@ -1044,7 +1044,18 @@ def _domain_checks(s: StackSettings) -> list[ConfigProblem]:
                     True,
                 )
             )
-    return problems
+    return problems + _migration_checks(s)
+
+
+def _migration_checks(s: StackSettings) -> list[ConfigProblem]:
+    """The migrations of the stack's domains (migrations/<domain>/) as the Job would read them."""
+    from components.render.migrations import MigrationError, plan_migrations
+
+    try:
+        plan_migrations(tuple(s.domains))
+    except MigrationError as error:
+        return [_problem("domains", f"migrations/{error}", sorted(s.domains))]
+    return []
 
 
 def _service_checks(s: StackSettings) -> list[ConfigProblem]:

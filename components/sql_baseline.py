@@ -13,11 +13,15 @@ Who applies what (docs/database.md, "Superuser-only statements"):
   checks the version marker of the superuser part; when a release changes those files the Job
   fails with the file to apply by hand (``kubectl cnpg psql``) instead of skipping them. With
   an external database whose admin is a superuser, the Job applies that part itself.
+* The domain migrations (``migrations/<domain>/``): a second Job of the same shape, named by the
+  hash of its own bundle, after the baseline Job (it needs the ledger table the baseline
+  creates); ``components/render/migrations.py`` says what its script checks and how it applies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Final
 
 import pulumi
 
@@ -25,6 +29,7 @@ from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job as render
 from components.render.baseline import (
+    APPLY_SCRIPT,
     NO_CACHE_CONTROL,
     NO_GROUP_ROLES,
     NO_TENANCY,
@@ -35,7 +40,13 @@ from components.render.baseline import (
     job_bundle,
 )
 from components.render.masking import MaskRule
+from components.render.migrations import SCRIPT as MIGRATE_SCRIPT
+from components.render.migrations import MigrationPlan
+from components.render.migrations import job_bundle as migrations_bundle
 from components.render.pgbouncer_pool import DatabaseEgress
+
+MIGRATIONS_DEADLINE_SECONDS: Final = 3600
+"""A migration may rewrite a large table; the baseline Job's 15 minutes are too short."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +68,8 @@ class SqlBaselineArgs:
     """Masked columns per API role (``masking``)."""
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
+    migrations: MigrationPlan | None = None
+    """The stack's domain migrations; None: no migrations Job."""
 
     def __post_init__(self) -> None:
         if not self.exposed_schemas:
@@ -77,44 +90,35 @@ class SqlBaseline(pulumi.ComponentResource):
     """Generated name of the Job applying this bundle."""
     config_map_name: pulumi.Output[str]
     """Generated name of the ConfigMap holding the bundle."""
+    migrations_job_name: pulumi.Output[str] | None
+    """Generated name of the Job applying the domain migrations (None without migrations)."""
 
     def __init__(
         self, name: str, args: SqlBaselineArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
-        ns = args.namespace
-        labels = render.labels()
         bundle = job_bundle(
             args.exposed_schemas, args.group_roles, args.cache_control, args.tenancy, args.masking
         )
         checksum = bundle_checksum(bundle)
-        child = pulumi.ResourceOptions(parent=self)
-
-        config = KubeObject(
-            f"{name}-sql",
-            api_version="v1",
-            kind="ConfigMap",
-            metadata=meta(ns, labels),
-            body={"data": bundle},
-            opts=child,
-        )
         spec = _resolve(args)
-        job = KubeObject(
-            f"{name}-job-{render.job_suffix(checksum)}",
-            api_version="batch/v1",
-            kind="Job",
-            metadata=meta(ns, labels),
-            body=render.job_body(spec, config_map=config.object_name, bundle_checksum=checksum),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[config]),
-        )
-        KubeObject(
-            f"{name}-netpol",
-            api_version="networking.k8s.io/v1",
-            kind="NetworkPolicy",
-            metadata=meta(ns, labels),
-            body=render.network_policy_body(spec),
-            opts=child,
-        )
+        config, job = self._sql_job(name, args, spec, bundle, checksum)
+        self.migrations_job_name = None
+        if args.migrations is not None and args.migrations.migrations:
+            plan = args.migrations
+            data = migrations_bundle(plan)
+            _, migrate = self._sql_job(
+                f"{name}-migrations",
+                args,
+                replace(spec, active_deadline_seconds=MIGRATIONS_DEADLINE_SECONDS),
+                data,
+                bundle_checksum(data),
+                instance=render.MIGRATIONS_INSTANCE,
+                script=MIGRATE_SCRIPT,
+                application_name=render.MIGRATIONS_APPLICATION,
+                after=[job],
+            )
+            self.migrations_job_name = migrate.object_name
 
         self.bundle_checksum = pulumi.Output.from_input(checksum)
         self.job_name = job.object_name
@@ -124,8 +128,57 @@ class SqlBaseline(pulumi.ComponentResource):
                 "bundle_checksum": self.bundle_checksum,
                 "job_name": self.job_name,
                 "config_map_name": self.config_map_name,
+                "migrations_job_name": self.migrations_job_name,
             }
         )
+
+    def _sql_job(
+        self,
+        name: str,
+        args: SqlBaselineArgs,
+        spec: render.BaselineJobSpec,
+        bundle: dict[str, str],
+        checksum: str,
+        *,
+        instance: str = render.INSTANCE,
+        script: str = APPLY_SCRIPT,
+        application_name: str = render.BASELINE_APPLICATION,
+        after: tuple[pulumi.Resource, ...] | list[pulumi.Resource] = (),
+    ) -> tuple[KubeObject, KubeObject]:
+        """ConfigMap, Job named by the bundle hash, and NetworkPolicy of one SQL Job."""
+        labels = render.labels(instance=instance)
+        config = KubeObject(
+            f"{name}-sql",
+            api_version="v1",
+            kind="ConfigMap",
+            metadata=meta(args.namespace, labels),
+            body={"data": bundle},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        job = KubeObject(
+            f"{name}-job-{render.job_suffix(checksum)}",
+            api_version="batch/v1",
+            kind="Job",
+            metadata=meta(args.namespace, labels),
+            body=render.job_body(
+                spec,
+                config_map=config.object_name,
+                bundle_checksum=checksum,
+                command=render.psql_command(script),
+                instance=instance,
+                application_name=application_name,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[config, *after]),
+        )
+        KubeObject(
+            f"{name}-netpol",
+            api_version="networking.k8s.io/v1",
+            kind="NetworkPolicy",
+            metadata=meta(args.namespace, labels),
+            body=render.network_policy_body(spec, instance=instance),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return config, job
 
 
 def _resolve(args: SqlBaselineArgs) -> render.BaselineJobSpec:

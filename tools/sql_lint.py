@@ -1,7 +1,7 @@
 """SQL lint: squawk's migration-safety rules and sqlfluff's format check (``make sql-lint``).
 
 squawk (PyPI ``squawk-cli``, configured by ``.squawk.toml``) reads every SQL file we ship or
-render: ``db/``, ``tests/fixtures/``, ``migrations/**`` and the rendered bundles under
+render: ``db/``, ``migrations/**`` and the rendered bundles under
 ``build/<stack>/sql/``. It refuses what hurts a live database: no ``lock_timeout`` or
 ``statement_timeout`` before a statement that locks, ``CREATE INDEX`` without ``CONCURRENTLY``,
 a constraint added without ``NOT VALID``, a new ``NOT NULL`` column without a default.
@@ -27,7 +27,7 @@ from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 # Hand-written SQL: both tools. migrations/ holds one directory per domain.
-SOURCE_GLOBS: Final = ("db/*.sql", "tests/fixtures/*.sql", "migrations/**/*.sql")
+SOURCE_GLOBS: Final = ("db/*.sql", "migrations/**/*.sql")
 # What the offline render writes (make render-all): squawk only.
 RENDERED_GLOB: Final = "build/*/sql/*.sql"
 RENDERED_EXCLUDED_RULES: Final = ("require-lock-timeout", "require-statement-timeout")

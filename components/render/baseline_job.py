@@ -33,6 +33,9 @@ CA_KEY: Final = "ca.crt"
 POSTGRES_UID: Final = 26
 """The ``postgres`` user of the CloudNativePG PostgreSQL image (has a home directory)."""
 SSLMODES: Final = ("disable", "require", "verify-ca", "verify-full")
+BASELINE_APPLICATION: Final = "pgplatform-baseline"
+MIGRATIONS_INSTANCE: Final = "migrations"
+MIGRATIONS_APPLICATION: Final = "pgplatform-migrations"
 
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 _HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
@@ -92,7 +95,7 @@ class BaselineJobSpec:
 
 
 def psql_environment(
-    spec: BaselineJobSpec, *, application: str = "pgplatform-baseline"
+    spec: BaselineJobSpec, *, application: str = BASELINE_APPLICATION
 ) -> list[dict[str, Any]]:
     """libpq's environment: where, as whom, how securely; secrets only by reference."""
     env: list[dict[str, Any]] = [
@@ -113,9 +116,9 @@ def psql_environment(
     return env
 
 
-def psql_command() -> list[str]:
+def psql_command(script: str = APPLY_SCRIPT) -> list[str]:
     """No psqlrc, the rendered script (it includes the files next to it)."""
-    return ["psql", "-X", "-f", f"{SQL_DIR}/{APPLY_SCRIPT}"]
+    return ["psql", "-X", "-f", f"{SQL_DIR}/{script}"]
 
 
 def ca_mount(spec: BaselineJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -143,11 +146,13 @@ def job_body(
     extra_env: tuple[dict[str, Any], ...] = (),
     app_name: str = APP_NAME,
     instance: str = INSTANCE,
+    application_name: str = BASELINE_APPLICATION,
 ) -> dict[str, Any]:
     """``spec`` of the Job (and the bundle hash as an annotation of its pod).
 
-    The defaults apply the baseline; another SQL Job of the platform (change data capture)
-    passes its own command, extra environment and labels.
+    The defaults apply the baseline; another SQL Job of the platform (the domain migrations,
+    change data capture) passes its own command, extra environment, labels and libpq
+    application name.
     """
     job_suffix(bundle_checksum)
     mounts, volumes = ca_mount(spec)
@@ -157,7 +162,7 @@ def job_body(
         "name": "psql",
         "image": spec.image,
         "command": command or psql_command(),
-        "env": [*psql_environment(spec), *extra_env],
+        "env": [*psql_environment(spec, application=application_name), *extra_env],
         "volumeMounts": mounts,
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},

@@ -2,7 +2,8 @@
 
 ``running_stack(build)`` starts a TLS-only PostgreSQL 15 (like the CloudNativePG cluster,
 whose ``pg_hba`` only has ``hostssl`` lines), applies the rendered SQL bundle
-(``build/<stack>/sql/``), the example domains of ``tests/fixtures`` and test passwords, writes
+(``build/<stack>/sql/``), the domain migrations (the rendered migrations Job's script) and
+test passwords, writes
 ``userlist.txt`` by running the init container script of the rendered PgBouncer Deployment,
 and starts a real PgBouncer with the rendered ``pgbouncer.ini``
 (``build/<stack>/files/<configmap>/pgbouncer.ini``): only paths, ports and hosts differ from
@@ -27,8 +28,8 @@ import yaml
 from tests.integration.pg import PgCluster, give_to_server_user, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
 from tests.tooling import require_tool
+from tools.migrate_db import apply_migrations, rendered_migrations
 
-FIXTURES: Final = Path(__file__).resolve().parents[1] / "fixtures"
 PASSWORDS: Final = {
     "postgrest": "authenticator-test-password",
     "postgraphile": "graphql-test-password",
@@ -117,18 +118,16 @@ def userlist_at_runtime(build: Path, directory: Path) -> str:
     return target.read_text()
 
 
-def prepare_database(cluster: PgCluster, build: Path, *, fixtures: bool = True) -> str:
-    """The stack's database with its SQL bundle, the example domains and test passwords."""
+def prepare_database(cluster: PgCluster, build: Path, *, migrations: bool = True) -> str:
+    """The stack's database with its SQL bundle, the domain migrations and test passwords."""
     ini = ini_sections(rendered_ini(build))
     dbname = re.search(r"dbname=(\w+)", next(iter(ini["databases"].values())))
     assert dbname is not None
     database = cluster.create_database(dbname.group(1))
     files = [(p.name, p.read_text()) for p in sorted((build / "sql").glob("*.sql"))]
-    if fixtures:
-        files += [(p.name, p.read_text()) for p in sorted(FIXTURES.glob("*.sql"))]
-        # As after the domain migrations: the masking views of tables that exist now.
-        files.append(("apply_masking", "SELECT platform.apply_masking()"))
     cluster.apply_sql(database, files)
+    if migrations:
+        apply_migrations(cluster, database, rendered_migrations(build))
     with cluster.connect(database) as conn:
         for role, password in PASSWORDS.items():
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()

@@ -27,6 +27,7 @@ from tests.conftest import STACKS
 from tests.integration.pg import PG_PACKAGE, PgCluster, running_cluster
 from tests.integration.pooler import one
 from tests.tooling import require_tool
+from tools.migrate_db import rendered_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -186,6 +187,45 @@ def test_bootstrap_then_job_as_the_admin(stack: tuple[Rendered, PgCluster]) -> N
             ).fetchall()
             assert name == "postgrest"
             assert verifier.startswith("SCRAM-SHA-256$")
+
+
+def test_the_migrations_job_applies_as_the_schema_owner(
+    stack: tuple[Rendered, PgCluster],
+) -> None:
+    """The rendered migrations Job, as the admin (no superuser, not yet a member of the owner)."""
+    r, cluster = stack
+    job_file = one(
+        sorted((r.build / "manifests").glob("job_sql-baseline-migrations-job-*.yaml")), "Job"
+    )
+    migrations = Rendered(
+        build=r.build,
+        bootstrap_sql=r.bootstrap_sql,
+        bundle_dir=rendered_migrations(r.build),
+        job=yaml.safe_load(job_file.read_text()),
+    )
+    fresh_database(cluster, "migrated")
+    bootstrap(r, cluster, "migrated")
+    access_plan(r, cluster, "migrated")
+    assert run_job(r, cluster, "migrated").returncode == 0
+    first = run_job(migrations, cluster, "migrated")
+    assert first.returncode == 0, first.stderr
+    assert "identity/0001_accounts.sql: applied" in first.stdout
+    second = run_job(migrations, cluster, "migrated")
+    assert second.returncode == 0, second.stderr
+    assert "applying" not in second.stdout
+    with cluster.connect("migrated") as conn:
+        assert owner_of(
+            conn, "SELECT pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE oid = 'content.articles'::regclass"
+        ) == "pgplatform_owner"  # fmt: skip
+        assert conn.execute("SELECT DISTINCT applied_by FROM platform.migration").fetchall() == [
+            (ADMIN,)
+        ]
+        # The guard forced RLS on what the migration created.
+        assert conn.execute(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
+            "WHERE oid = 'identity.accounts'::regclass"
+        ).fetchone() == (True,)
 
 
 def test_the_admin_cannot_do_the_superuser_part(stack: tuple[Rendered, PgCluster]) -> None:

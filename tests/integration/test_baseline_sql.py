@@ -1,8 +1,9 @@
 """The platform SQL baseline on a real PostgreSQL 15, and a real PgBouncer in front of it.
 
 The rendered access plan (``010_access.sql`` of the offline render) runs first, then the
-baseline (``stack_sql_files``), each twice; then the example domains of ``tests/fixtures``,
-created by the schema owner so that their grants come from the plan's default privileges.
+baseline (``stack_sql_files``), each twice; then the example domains' migrations
+(``migrations/``) twice through the rendered migrations Job's script, which applies them as the
+schema owner so that their grants come from the plan's default privileges.
 Requests are made the way PostgREST makes them: as the authenticator, inside one transaction
 that switches role, sets the claims and calls ``platform.pre_request()`` first.
 """
@@ -22,12 +23,12 @@ from components.render.baseline import render_exposed_schemas_sql, stack_sql_fil
 from components.render.pgbouncer import PgBouncerInput, render_pgbouncer_ini, render_userlist
 from tests.integration.pg import PgCluster, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
+from tools.migrate_db import apply_migrations, rendered_migrations
 
 pytestmark = pytest.mark.integration
 
 DOMAINS = ("identity", "content", "analytics")
 DATABASE = "app"  # the database the access plan is rendered for
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 AUTHENTICATOR_PASSWORD = "authenticator-test-password"
 LOOKUP_PASSWORD = "lookup-test-password"
 EXPORTER_PASSWORD = "exporter-test-password"
@@ -42,17 +43,13 @@ def bundle(build: Path) -> list[tuple[str, str]]:
     return [(access.name, access.read_text()), *stack_sql_files(DOMAINS)]
 
 
-def fixture_files() -> list[tuple[str, str]]:
-    return [(path.name, path.read_text()) for path in sorted(FIXTURES.glob("*.sql"))]
-
-
 def prepare_stack_database(cluster: PgCluster, dbname: str, build: Path) -> None:
-    """Access plan + baseline twice, the example domains twice, passwords, a few rows."""
+    """Access plan + baseline twice, the domain migrations twice, passwords, a few rows."""
     files = bundle(build)
     cluster.apply_sql(dbname, files)
     cluster.apply_sql(dbname, files)
-    cluster.apply_sql(dbname, fixture_files())
-    cluster.apply_sql(dbname, fixture_files())
+    apply_migrations(cluster, dbname, rendered_migrations(build))
+    apply_migrations(cluster, dbname, rendered_migrations(build))
     with cluster.connect(dbname) as conn:
         conn.execute(f"ALTER ROLE postgrest PASSWORD '{AUTHENTICATOR_PASSWORD}'")
         conn.execute(f"ALTER ROLE pgbouncer_auth PASSWORD '{LOOKUP_PASSWORD}'")

@@ -51,11 +51,11 @@ from tests.conftest import ROOT
 from tests.integration.pg import PgCluster, free_port, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
 from tests.tooling import require_tool
+from tools.migrate_db import apply_migrations, rendered_migrations
 from tools.render import render_in_subprocess
 
 pytestmark = pytest.mark.integration
 
-FIXTURES = ROOT / "tests" / "fixtures"
 DATABASE = "app"
 PASSWORDS = {
     "postgraphile": "graphql-authenticator-test-password",
@@ -244,10 +244,10 @@ def signer_for(keys: Keys, server: str) -> Signer:
 def database(staging_build: Path) -> Iterator[PgCluster]:
     """staging's rendered SQL (access plan with ``postgraphile``, baseline) and the domains."""
     bundle = [(path.name, path.read_text()) for path in sorted((staging_build / "sql").glob("*"))]
-    fixtures = [(path.name, path.read_text()) for path in sorted(FIXTURES.glob("*.sql"))]
     with running_cluster(tls_only=True) as cluster:
         cluster.create_database(DATABASE)
-        cluster.apply_sql(DATABASE, [*bundle, *fixtures])
+        cluster.apply_sql(DATABASE, bundle)
+        apply_migrations(cluster, DATABASE, rendered_migrations(staging_build))
         with cluster.connect(DATABASE) as conn:
             for role, password in PASSWORDS.items():
                 conn.execute(

@@ -14,6 +14,7 @@ The time a change takes to reach the API is measured by ``bench/schema_reload.py
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +23,16 @@ from typing import Any
 import psycopg
 import pytest
 
+from components.render.migrations import (
+    MIGRATIONS_DIR,
+    job_bundle,
+    plan_migrations,
+    write_bundle,
+)
 from components.render.postgrest import SCHEMA_POLL_ENV
 from tests.integration.pooler import RunningStack, running_stack
 from tests.integration.schema_reload import running_reloader
+from tools.migrate_db import run_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +148,37 @@ def test_sidecar_signals_postgrest_after_a_schema_change(build: Path, stack: Run
         assert len(r.signals()) == 2, r.output()
         assert "sent SIGUSR1 to postgrest" in r.output()
         assert first > 0
+
+
+def test_a_migration_run_by_the_runner_reloads_the_domain_api(
+    build: Path, stack: RunningStack, tmp_path: Path
+) -> None:
+    """The reload path after the migrations Job: its DDL commit, the poll, SIGUSR1.
+
+    The runner sends no NOTIFY (it could not reach PostgREST through transaction pooling); the
+    new migration's table changes ``platform.schema_version`` and the sidecar signals.
+    """
+    root = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, root)
+    (root / "identity" / "0002_reload_probe.sql").write_text(
+        "CREATE TABLE identity.reload_probe (id bigint PRIMARY KEY);\n"
+        "CREATE POLICY reload_probe_admin ON identity.reload_probe FOR ALL TO api_admin"
+        " USING (true) WITH CHECK (true);\n"
+    )
+    plan = plan_migrations(("identity", "content", "analytics"), root)
+    bundle = write_bundle(job_bundle(plan), tmp_path / "bundle").parent
+    with running_reloader(build, stack, "identity", overrides={SCHEMA_POLL_ENV: str(POLL)}) as r:
+        r.wait_for_signals(1, timeout=30)
+        result = run_migrations(stack.cluster, stack.database, bundle)
+        assert result.returncode == 0, result.stderr
+        assert "identity/0002_reload_probe.sql: applied" in result.stdout
+        applied = time.time()
+        signals = r.wait_for_signals(2, timeout=30)
+        assert signals[1] > applied
+        # The next run applies nothing: no DDL, no further reload.
+        assert "applying" not in run_migrations(stack.cluster, stack.database, bundle).stdout
+        time.sleep(3 * POLL + 0.5)
+        assert len(r.signals()) == 2, r.output()
 
 
 def test_sidecar_survives_an_unreachable_database(build: Path, stack: RunningStack) -> None:

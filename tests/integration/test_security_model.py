@@ -123,7 +123,8 @@ def claims(role: str, sub: str) -> dict[str, Any]:
 
 # -- the case table ------------------------------------------------------------------------------
 # Humans work on identity.accounts (own row: sub = token subject); the machine client on
-# content.articles (own row: author_sub = its subject, tests/fixtures/40_machine_clients.sql).
+# content.articles (own row: author_sub = its subject,
+# migrations/content/0002_cms_client_policy.sql).
 _ACCOUNTS: Final = {
     "select": "SELECT sub FROM identity.accounts WHERE sub = %s",
     "insert own": "INSERT INTO identity.accounts (display_name) VALUES ('New') RETURNING sub",

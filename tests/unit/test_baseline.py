@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -35,10 +34,10 @@ from components.render.baseline import (
     superuser_version,
 )
 from components.render.masking import MASKING_FILE
+from components.render.migrations import MIGRATIONS_DIR
 
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # Every login that connects through PgBouncer: PostgREST's and the GraphQL pilot's authenticator.
 POOLER_LOGINS = (AUTHENTICATOR, GRAPHQL_AUTHENTICATOR)
 _FUNCTION = re.compile(
@@ -62,7 +61,8 @@ def test_files_in_order_between_access_and_exposed_schemas() -> None:
     assert names == ["020_platform.sql", "025_tenancy.sql", "030_audit.sql", "040_rls_guard.sql",
                      "041_audit_ddl.sql", "045_database_reach.sql", "050_pgbouncer_auth.sql",
                      "060_pgbouncer_auth_grants.sql", "070_schema_version.sql",
-                     "080_masking.sql", "081_masking_apply.sql"]  # fmt: skip
+                     "075_migration_ledger.sql", "080_masking.sql",
+                     "081_masking_apply.sql"]  # fmt: skip
     assert all(ACCESS_FILE < name < EXPOSED_SCHEMAS_FILE for name in names)
     assert [name for name, _ in stack_sql_files(["content"])] == [
         *names,
@@ -122,7 +122,7 @@ def test_no_function_is_left_executable_by_public() -> None:
 def test_claims_are_read_from_the_single_claims_setting() -> None:
     """request.jwt.claim.<name> (one GUC per claim) is gone from PostgREST: never use it."""
     texts = [body for _, body in baseline_sql_files()]
-    texts += [path.read_text() for path in FIXTURES.glob("*.sql")]
+    texts += [path.read_text() for path in MIGRATIONS_DIR.glob("*/*.sql")]
     assert texts
     for text in texts:
         assert "request.jwt.claim." not in text

@@ -18,6 +18,7 @@ from components.render.baseline import (
     job_bundle,
     render_bootstrap_sql,
 )
+from components.render.migrations import job_bundle as migrations_bundle
 from components.render.pgbouncer_pool import DatabaseEgress
 from components.settings import decode_config_value, parse_settings
 from tests.conftest import STACKS, run_program, stack_config
@@ -132,7 +133,7 @@ def test_program_wires_bootstrap_and_job(
     checksum = bundle_checksum(bundle)
 
     [job_resource] = [
-        r for r in mocks.by_type("kubernetes:batch/v1:Job") if r.name.startswith("sql-baseline-")
+        r for r in mocks.by_type("kubernetes:batch/v1:Job") if r.name.startswith("sql-baseline-job")
     ]
     assert job_resource.name == f"sql-baseline-job-{checksum[:12]}"
     [config_map] = [
@@ -175,7 +176,9 @@ def test_external_mode_has_no_bootstrap_and_the_job_targets_the_endpoint(
         pulumi_mocks, "prod", config, [*secrets, "pgplatform:postgresAdminPassword"]
     )
     assert not [r for r in mocks.resources if r.name == "postgres-bootstrap-sql"]
-    [job_resource] = mocks.by_type("kubernetes:batch/v1:Job")
+    [job_resource] = [
+        r for r in mocks.by_type("kubernetes:batch/v1:Job") if r.name.startswith("sql-baseline-job")
+    ]
     pod = job_resource.inputs["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["PGHOST"] == "db.example.com"
@@ -186,3 +189,50 @@ def test_external_mode_has_no_bootstrap_and_the_job_targets_the_endpoint(
         if r.name == "sql-baseline-netpol"
     ]
     assert policy.inputs["spec"]["egress"][0]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_program_wires_the_migrations_job_after_the_baseline(
+    pulumi_mocks: Callable[..., RecordingMocks], stack: str
+) -> None:
+    """One Job per stack named by its bundle's hash, same shape as the baseline's, after it."""
+    mocks = run_program(pulumi_mocks, stack)
+    config, secrets = stack_config(stack)
+    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
+    settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
+    bundle = migrations_bundle(inputs.migration_plan(settings))
+    checksum = bundle_checksum(bundle)
+    jobs = {r.name: r for r in mocks.by_type("kubernetes:batch/v1:Job")}
+    migrate = jobs[f"sql-baseline-migrations-job-{checksum[:12]}"]
+    [baseline] = [r for name, r in jobs.items() if name.startswith("sql-baseline-job-")]
+    assert baseline.urn in migrate.dependencies
+    [config_map] = [
+        r
+        for r in mocks.by_type("kubernetes:core/v1:ConfigMap")
+        if r.name == "sql-baseline-migrations-sql"
+    ]
+    assert config_map.inputs["data"] == bundle
+    assert set(bundle) == {
+        "migrate.psql",
+        "identity.0001_accounts.sql",
+        "content.0001_articles.sql",
+        "content.0002_cms_client_policy.sql",
+        "analytics.0001_article_stats.sql",
+    }
+    pod = migrate.inputs["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["command"] == ["psql", "-X", "-f", "/etc/pgplatform/sql/migrate.psql"]
+    assert (
+        container["image"] == baseline.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGAPPNAME"]["value"] == "pgplatform-migrations"
+    assert "valueFrom" in env["PGPASSWORD"]
+    assert migrate.inputs["spec"]["activeDeadlineSeconds"] == 3600
+    policies = {r.name: r for r in mocks.by_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")}
+    selector = policies["sql-baseline-migrations-netpol"].inputs["spec"]["podSelector"]
+    assert selector["matchLabels"].items() <= pod_labels(migrate).items()
+
+
+def pod_labels(job: Any) -> dict[str, str]:
+    return dict(job.inputs["spec"]["template"]["metadata"]["labels"])
