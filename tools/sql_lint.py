@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from components.render.migrations import runs_in_transaction
+
 ROOT: Final = Path(__file__).resolve().parents[1]
 # Hand-written SQL: both tools. migrations/ holds one directory per domain.
 SOURCE_GLOBS: Final = ("db/*.sql", "migrations/**/*.sql")
@@ -51,9 +53,17 @@ def rendered_files(root: Path = ROOT) -> list[Path]:
     return sorted(root.glob(RENDERED_GLOB))
 
 
-def squawk_command(files: Sequence[Path], *, exclude: Sequence[str] = ()) -> list[str]:
-    """squawk over ``files`` with the repository's configuration, one line per finding."""
+def squawk_command(
+    files: Sequence[Path], *, exclude: Sequence[str] = (), in_transaction: bool = False
+) -> list[str]:
+    """squawk over ``files`` with the repository's configuration, one line per finding.
+
+    ``in_transaction``: the files run inside a transaction the runner opens (squawk's
+    ``--assume-in-transaction``), as every migration does unless it opts out.
+    """
     command = [_tool("squawk"), "--config", str(ROOT / ".squawk.toml"), "--reporter", "gcc"]
+    if in_transaction:
+        command.append("--assume-in-transaction")
     if exclude:
         command.append("--exclude=" + ",".join(exclude))
     return [*command, *(str(path) for path in files)]
@@ -86,8 +96,22 @@ def lint(root: Path = ROOT, *, fix: bool = False, rendered: Sequence[Path] | Non
     failed = False
     if fix:
         subprocess.run(sqlfluff_command(sources, fix=True), check=False)
+    # The migrations runner wraps each migration in a transaction of its own, unless the file
+    # says ``-- pgplatform: no-transaction`` (components/render/migrations.py).
+    wrapped = [
+        path
+        for path in sources
+        if "migrations" in path.relative_to(root).parts[:1]
+        and runs_in_transaction(path.read_text(encoding="utf-8"))
+    ]
+    plain = [path for path in sources if path not in wrapped]
     steps = [
-        ("squawk", squawk_command(sources)),
+        *([("squawk", squawk_command(plain))] if plain else []),
+        *(
+            [("squawk (migrations)", squawk_command(wrapped, in_transaction=True))]
+            if wrapped
+            else []
+        ),
         ("sqlfluff", sqlfluff_command(sources)),
     ]
     if rendered:

@@ -44,6 +44,8 @@ MAX_BUNDLE_BYTES: Final = 900 * 1024
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
 _DOMAIN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _REQUIRES = re.compile(r"^--\s*requires:\s*(?P<domains>.+?)\s*$")
+NO_TRANSACTION: Final = "-- pgplatform: no-transaction"
+"""Leading comment line of a migration that must run outside a transaction block."""
 _DURATION = re.compile(r"^\d+(ms|s|min|h)$")
 _DOLLAR_QUOTED = re.compile(r"\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?\$(?P=tag)?\$", re.DOTALL)
 _LINE_COMMENT = re.compile(r"--[^\n]*")
@@ -87,17 +89,41 @@ class Migration:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     @cached_property
-    def requires(self) -> tuple[str, ...]:
-        """Domains named by ``-- requires:`` lines of the leading comment block."""
-        found: list[str] = []
+    def header(self) -> tuple[str, ...]:
+        """The leading comment lines (where ``requires`` and ``no-transaction`` are read)."""
+        lines = []
         for line in self.text.splitlines():
             stripped = line.strip()
             if stripped and not stripped.startswith("--"):
                 break
-            match = _REQUIRES.match(stripped)
+            lines.append(stripped)
+        return tuple(lines)
+
+    @cached_property
+    def requires(self) -> tuple[str, ...]:
+        """Domains named by ``-- requires:`` lines of the leading comment block."""
+        found: list[str] = []
+        for line in self.header:
+            match = _REQUIRES.match(line)
             if match:
                 found += [d.strip() for d in match.group("domains").split(",") if d.strip()]
         return tuple(found)
+
+    @property
+    def in_transaction(self) -> bool:
+        """False for ``-- pgplatform: no-transaction`` (``CREATE INDEX CONCURRENTLY`` and such).
+
+        Each statement then commits on its own and the ledger row follows the last one: a
+        failure part-way leaves the earlier statements applied and the migration pending, so
+        such a migration is written to be re-run (``IF NOT EXISTS``; an index whose concurrent
+        build failed is dropped first with ``DROP INDEX CONCURRENTLY IF EXISTS``).
+        """
+        return NO_TRANSACTION not in self.header
+
+
+def runs_in_transaction(text: str) -> bool:
+    """What the runner does with a migration's text: wrap it in a transaction, or not."""
+    return Migration(domain="x", version=1, name="x", text=text).in_transaction
 
 
 def check_text(label: str, text: str) -> None:
@@ -310,23 +336,24 @@ def _ledger_check_sql(plan: MigrationPlan) -> list[str]:
 
 def _apply_sql(plan: MigrationPlan, migration: Migration) -> list[str]:
     m = migration
+    local = "LOCAL " if m.in_transaction else ""
     return [
         f"SELECT NOT EXISTS (SELECT FROM {LEDGER} m WHERE m.domain = {_literal(m.domain)}"  # noqa: S608 - checked names
         f" AND m.version = {m.version}) AS pending \\gset",
         "\\if :pending",
-        f"\\echo {m.label}: applying",
+        f"\\echo {m.label}: applying" + ("" if m.in_transaction else " (no transaction)"),
         "RESET ALL;",
         "RESET ROLE;",
         "SET client_min_messages = warning;",
-        "BEGIN;",
-        f"SET LOCAL lock_timeout = '{plan.lock_timeout}';",
-        f"SET LOCAL statement_timeout = '{plan.statement_timeout}';",
-        f'SET LOCAL ROLE "{plan.owner}";',
+        *(["BEGIN;"] if m.in_transaction else []),
+        f"SET {local}lock_timeout = '{plan.lock_timeout}';",
+        f"SET {local}statement_timeout = '{plan.statement_timeout}';",
+        f'SET {local}ROLE "{plan.owner}";',
         f"\\ir {m.key}",
         "RESET ROLE;",
         f"INSERT INTO {LEDGER} (domain, version, name, checksum)",
         f"VALUES ({_ledger_values(m)});",
-        "COMMIT;",
+        *(["COMMIT;"] if m.in_transaction else []),
         f"\\echo {m.label}: applied",
         "\\endif",
     ]
