@@ -2,10 +2,11 @@
 
 ``CATALOG_SQL`` describes every schema but PostgreSQL's own as ``(kind, object, detail)`` rows:
 schemas, relations, columns, policies, grants, functions and the migration ledger. No OID, no
-timestamp, and the database owner and superusers both read ``(platform)``: the same platform
-built by a superuser on a throw-away server (``make migrate-validate``, ``tools.drift``) and by
-the admin role in the cluster gives the same rows. ``(kind, object)`` is unique, so two
-snapshots compare by key (``diff``).
+timestamp, and the database owner and superusers both read ``(platform)`` (their grants to each
+other, and grant options among them, are left out): the same platform built by a superuser on a
+throw-away server (``make migrate-validate``, ``tools.drift``) and by the admin role with a
+superuser bootstrap in the cluster gives the same rows (tests/integration/test_baseline_job.py).
+``(kind, object)`` is unique, so two snapshots compare by key (``diff``).
 
 ``VALIDATE_SQL`` lists what ``make migrate-validate`` refuses in the exposed schemas: a table
 without forced row-level security or without a policy, a policy that names no role.
@@ -79,8 +80,10 @@ FROM pg_catalog.pg_policies p JOIN ns ON ns.nspname = p.schemaname
 UNION ALL
 SELECT 'grant', acl.object || ' to ' || g.name,
        pg_catalog.string_agg(
-           (acl.entry).privilege_type || CASE WHEN (acl.entry).is_grantable THEN '*' ELSE '' END,
-           ',' ORDER BY (acl.entry).privilege_type)
+           DISTINCT (acl.entry).privilege_type
+               || CASE WHEN (acl.entry).is_grantable AND g.name <> '(platform)' THEN '*'
+                       ELSE '' END,
+           ',')
 FROM acl JOIN who g ON g.oid = (acl.entry).grantee
 GROUP BY acl.object, g.name
 UNION ALL

@@ -27,6 +27,7 @@ from tests.conftest import STACKS
 from tests.integration.pg import PG_PACKAGE, PgCluster, running_cluster
 from tests.integration.pooler import one
 from tests.tooling import require_tool
+from tools.drift import drift
 from tools.migrate_db import rendered_migrations
 
 pytestmark = pytest.mark.integration
@@ -203,17 +204,17 @@ def test_the_migrations_job_applies_as_the_schema_owner(
         bundle_dir=rendered_migrations(r.build),
         job=yaml.safe_load(job_file.read_text()),
     )
-    fresh_database(cluster, "migrated")
-    bootstrap(r, cluster, "migrated")
-    access_plan(r, cluster, "migrated")
-    assert run_job(r, cluster, "migrated").returncode == 0
-    first = run_job(migrations, cluster, "migrated")
+    fresh_database(cluster, "app")
+    bootstrap(r, cluster, "app")
+    access_plan(r, cluster, "app")
+    assert run_job(r, cluster, "app").returncode == 0
+    first = run_job(migrations, cluster, "app")
     assert first.returncode == 0, first.stderr
     assert "identity/0001_accounts.sql: applied" in first.stdout
-    second = run_job(migrations, cluster, "migrated")
+    second = run_job(migrations, cluster, "app")
     assert second.returncode == 0, second.stderr
     assert "applying" not in second.stdout
-    with cluster.connect("migrated") as conn:
+    with cluster.connect("app") as conn:
         assert owner_of(
             conn, "SELECT pg_get_userbyid(relowner) FROM pg_class "
             "WHERE oid = 'content.articles'::regclass"
@@ -226,6 +227,13 @@ def test_the_migrations_job_applies_as_the_schema_owner(
             "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class "
             "WHERE oid = 'identity.accounts'::regclass"
         ).fetchone() == (True,)
+    # Built the in-cluster way (admin-owned database, superuser part at bootstrap, Jobs as the
+    # admin), the catalog is the one tools.drift expects: no drift.
+    live = (
+        f"host={cluster.socket_dir} port={cluster.port} dbname=app"
+        f" user={cluster.superuser} password={cluster.superuser_password}"
+    )
+    assert drift(r.build, live) == []
 
 
 def test_the_admin_cannot_do_the_superuser_part(stack: tuple[Rendered, PgCluster]) -> None:
