@@ -292,3 +292,34 @@ def test_neither_the_apis_nor_the_migrations_touch_the_ledger(
             "      OR has_table_privilege(r.oid, 'platform.migration', 'INSERT,UPDATE,DELETE'))"
         ).fetchall()
     assert readers == []
+
+
+def test_a_concurrent_index_needs_a_no_transaction_migration(
+    cluster: PgCluster, database: str, tmp_path: Path
+) -> None:
+    index = (
+        "SET lock_timeout = '10s';\nSET statement_timeout = '60s';\n"
+        "DROP INDEX CONCURRENTLY IF EXISTS content.articles_title_idx;\n"
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS articles_title_idx ON content.articles (title);\n"
+    )
+    root = tree(tmp_path)
+    (root / "content" / "0003_title_index.sql").write_text(index)
+    error = failed(run_migrations(cluster, database, bundle_of(root, tmp_path / "in")))
+    assert "cannot run inside a transaction block" in error
+    assert [r[1] for r in ledger(cluster, database) if r[0] == "content"] == [1, 2]
+    (root / "content" / "0003_title_index.sql").write_text(
+        "-- pgplatform: no-transaction\n" + index
+    )
+    result = run_migrations(cluster, database, bundle_of(root, tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "content/0003_title_index.sql: applying (no transaction)" in result.stdout
+    with cluster.connect(database) as conn:
+        valid = conn.execute(
+            "SELECT i.indisvalid, pg_get_userbyid(c.relowner) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indexrelid = 'content.articles_title_idx'::regclass"
+        ).fetchone()
+        role = conn.execute("SELECT current_user").fetchone()
+    assert valid == (True, "pgplatform_owner")
+    assert role == (cluster.superuser,)
+    assert [r[1] for r in ledger(cluster, database) if r[0] == "content"] == [1, 2, 3]
