@@ -214,6 +214,7 @@ def test_ca_secret_change_replaces_the_job_and_updates_the_deployments(cluster: 
     types = _declared_types(cluster)
     live = _live(cluster, types)
     job = _one(live, "Job", "sql-baseline-job-")
+    migrations = _one(live, "Job", "sql-baseline-migrations-job-")
     deployments = {n: _one(live, "Deployment", n) for n in ("pgbouncer", "postgres-exporter")}
     old_secret = _ca_secret_names(job)[0]
     assert old_secret != NEXT_CA_SECRET
@@ -232,6 +233,10 @@ def test_ca_secret_change_replaces_the_job_and_updates_the_deployments(cluster: 
         ("kubernetes:apps/v1:Deployment", "pgbouncer-deployment"): "update",
         ("kubernetes:apps/v1:Deployment", "observability-exporter"): "update",
         ("kubernetes:batch/v1:Job", AUTONAME_SUFFIX.sub("", job["metadata"]["name"])): "replace",
+        # The migrations Job mounts the same CA.
+        ("kubernetes:batch/v1:Job", AUTONAME_SUFFIX.sub("", migrations["metadata"]["name"])): (
+            "replace"
+        ),
     }
     _timed(cluster, "up-ca-secret", "up", "--yes", "--skip-preview")
 
@@ -240,6 +245,7 @@ def test_ca_secret_change_replaces_the_job_and_updates_the_deployments(cluster: 
     assert new_job["metadata"]["name"] != job["metadata"]["name"]
     assert new_job["metadata"]["uid"] != job["metadata"]["uid"]
     assert _ca_secret_names(new_job) == [NEXT_CA_SECRET]
+    assert _ca_secret_names(_one(live, "Job", "sql-baseline-migrations-job-")) == [NEXT_CA_SECRET]
     for name, before in deployments.items():
         after = _one(live, "Deployment", name)
         assert after["metadata"]["uid"] == before["metadata"]["uid"], name
