@@ -9,7 +9,8 @@ superuser bootstrap in the cluster gives the same rows (tests/integration/test_b
 ``(kind, object)`` is unique, so two snapshots compare by key (``diff``).
 
 ``VALIDATE_SQL`` lists what ``make migrate-validate`` refuses in the exposed schemas: a table
-without forced row-level security or without a policy, a policy that names no role.
+without forced row-level security or without a policy, a policy that names no role (unless its
+comment acknowledges it for every role, as the advisor's ``allow policy_to_public`` does).
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ FROM platform.migration m
 """
 """The ledger as catalog rows: a live database behind (or ahead of) the bundle shows here."""
 
+# A policy meant for every role, present and future (a tenant filter), says so in its comment
+# with the advisor's acknowledgement (docs/advisor.md): ``advisor: allow policy_to_public``.
+_ACKNOWLEDGED: Final = (
+    "advisor:[[:space:]]*allow[[:space:]]+([a-z_]+[[:space:]]*,[[:space:]]*)*policy_to_public"
+)
+
 VALIDATE_SQL: Final = """
 SELECT pg_catalog.format('%I.%I: row-level security is not forced', n.nspname, c.relname)
 FROM pg_catalog.pg_class c
@@ -121,12 +128,15 @@ WHERE c.relkind IN ('r', 'p')
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
 UNION ALL
 SELECT pg_catalog.format('%I.%I: policy %I names no role (write TO <role>, ...)',
-                         p.schemaname, p.tablename, p.policyname)
-FROM pg_catalog.pg_policies p
-JOIN platform.exposed_schema e ON e.name = p.schemaname
-WHERE 'public' = ANY (p.roles)
+                         n.nspname, c.relname, p.polname)
+FROM pg_catalog.pg_policy p
+JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN platform.exposed_schema e ON e.name = n.nspname
+WHERE 0 = ANY (p.polroles)
+  AND COALESCE(pg_catalog.obj_description(p.oid, 'pg_policy'), '') !~ '{ACKNOWLEDGED}'
 ORDER BY 1
-"""
+""".replace("{ACKNOWLEDGED}", _ACKNOWLEDGED)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tools.migrate_validate import validate_build
 
 pytestmark = pytest.mark.integration
 
-DOMAINS = ("identity", "content", "analytics")
+DOMAINS = ("identity", "content", "analytics", "billing")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,22 @@ def test_a_policy_without_roles_is_named(
     assert validate_build(cluster, build) == [
         "content.articles: policy articles_everyone names no role (write TO <role>, ...)"
     ]
+
+
+def test_a_policy_for_every_role_passes_when_its_comment_says_so(
+    cluster: PgCluster, build_with: Callable[[dict[str, str]], Path]
+) -> None:
+    """The tenant filter of billing binds every role on purpose, acknowledged like the advisor's."""
+    build = build_with(
+        {
+            "content/0003_open.sql": (
+                "CREATE POLICY articles_everyone ON content.articles FOR SELECT USING (true);\n"
+                "COMMENT ON POLICY articles_everyone ON content.articles IS\n"
+                "    'Everyone reads. advisor: allow with_check_true, policy_to_public';\n"
+            )
+        }
+    )
+    assert validate_build(cluster, build) == []
 
 
 def test_row_level_security_switched_off_is_named(

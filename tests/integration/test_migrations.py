@@ -34,7 +34,7 @@ from tools.migrate_db import (
 
 pytestmark = pytest.mark.integration
 
-DOMAINS = ("identity", "content", "analytics")
+DOMAINS = ("identity", "content", "analytics", "billing")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,7 @@ def failed(result: Any) -> str:
 def test_migrations_apply_in_order_as_the_schema_owner(cluster: PgCluster, database: str) -> None:
     rows = ledger(cluster, database)
     assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("billing", 1, "invoices"),
         ("content", 1, "articles"),
         ("content", 2, "cms_client_policy"),
         ("analytics", 1, "article_stats"),  # requires content: after it
@@ -117,7 +118,7 @@ def test_a_second_run_is_a_no_op(cluster: PgCluster, database: str, build: Path)
     result = run_migrations(cluster, database, rendered_migrations(build))
     assert result.returncode == 0, result.stderr
     assert "applying" not in result.stdout
-    assert "migrations current: 4 in 3 domain(s)" in result.stdout
+    assert "migrations current: 5 in 4 domain(s)" in result.stdout
     assert ledger(cluster, database) == before
     with cluster.connect(database) as conn:
         again = conn.execute(

@@ -165,7 +165,7 @@ def test_a_migration_run_by_the_runner_reloads_the_domain_api(
         "CREATE POLICY reload_probe_admin ON identity.reload_probe FOR ALL TO api_admin"
         " USING (true) WITH CHECK (true);\n"
     )
-    plan = plan_migrations(("identity", "content", "analytics"), root)
+    plan = plan_migrations(("identity", "content", "analytics", "billing"), root)
     bundle = write_bundle(job_bundle(plan), tmp_path / "bundle").parent
     with running_reloader(build, stack, "identity", overrides={SCHEMA_POLL_ENV: str(POLL)}) as r:
         r.wait_for_signals(1, timeout=30)

@@ -4,8 +4,8 @@ Both stacks declare ``billing`` tenanted (``domains.billing.tenancy``: claim ``t
 required); staging adds two machine clients, ``ingest``, bound to tenant ``acme``, and
 ``support``, declared cross-tenant (their tests, like those of the anonymous role and the groups
 mapping, which prod does not have, run on staging). The example table ``billing.invoices``
-(``tests/fixtures/50_billing.sql``) follows the convention of docs/database.md. Every request is
-PostgREST's per-request transaction run as the authenticator through PgBouncer
+(``migrations/billing/0001_invoices.sql``) follows the convention of docs/database.md. Every
+request is PostgREST's per-request transaction run as the authenticator through PgBouncer
 (``test_security_model.request``) with the ``app.settings.*`` of billing's rendered
 postgrest.conf, so ``platform.pre_request()`` and the policies see what they see under
 PostgREST. Writes run with ``Prefer: tx=rollback`` semantics unless a test needs them kept.

@@ -23,7 +23,7 @@ from tests.conftest import stack_config
 
 pytestmark = pytest.mark.unit
 
-DOMAINS = ("identity", "content", "analytics")
+DOMAINS = ("identity", "content", "analytics", "billing")
 
 
 def tree(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -37,6 +37,7 @@ def tree(tmp_path: Path, files: dict[str, str]) -> Path:
 def test_the_example_domains_are_the_first_migrations() -> None:
     plan = plan_migrations(DOMAINS)
     assert [m.label for m in plan.migrations] == [
+        "billing/0001_invoices.sql",
         "content/0001_articles.sql",
         "content/0002_cms_client_policy.sql",
         "analytics/0001_article_stats.sql",

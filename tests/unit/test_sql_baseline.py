@@ -218,6 +218,7 @@ def test_program_wires_the_migrations_job_after_the_baseline(
         "content.0001_articles.sql",
         "content.0002_cms_client_policy.sql",
         "analytics.0001_article_stats.sql",
+        "billing.0001_invoices.sql",
     }
     pod = migrate.inputs["spec"]["template"]["spec"]
     [container] = pod["containers"]
