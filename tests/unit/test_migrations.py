@@ -148,9 +148,9 @@ def test_a_bad_migration_is_a_settings_error_naming_domains(tmp_path: Path) -> N
     from components.settings import decode_config_value
 
     raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    raw["domains"] = {**raw["domains"], "billing": {}}
+    raw["domains"] = {**raw["domains"], "orders": {}}
     settings = parse_settings("staging", raw, [s.split(":", 1)[1] for s in secrets])
-    assert "billing" in settings.domains  # no migrations directory: nothing to apply
+    assert "orders" in settings.domains  # no migrations directory: nothing to apply
     del raw["domains"]["content"]
     with pytest.raises(SettingsError) as error:
         parse_settings("staging", raw, [s.split(":", 1)[1] for s in secrets])
