@@ -1,7 +1,7 @@
 """Change data capture to the analytics database on real PostgreSQL 15 clusters.
 
 The publisher is the staging database as the platform builds it (access plan, baseline, the
-example domains of ``tests/fixtures``: RLS forced, audit triggers). The rendered files run as
+example domains' ``migrations/``: RLS forced, audit triggers). The rendered files run as
 their runners run them: ``publisher.psql`` and ``apply.sh`` through ``psql`` as the admin role
 (a CREATEROLE database owner, not a superuser, as CloudNativePG creates it), ``slot.sql`` as the
 publication role. The subscription is created the way CloudNativePG's ``Subscription`` controller
@@ -42,7 +42,7 @@ CDC_PASSWORD = "cdc-" + os.urandom(8).hex()
 Conn = psycopg.Connection[Any]
 
 
-# The committed staging stack's tables (tests/fixtures creates them and the articles' replica
+# The committed staging stack's tables (migrations/ creates them and the articles' replica
 # identity, a unique index on (id, published), that lets the row filter read `published`).
 def staging_plan() -> cdc.CdcPlan:
     plan = cdc_plan(stack_settings("staging"))
