@@ -8,7 +8,8 @@ throw-away server (``make migrate-validate``, ``tools.drift``) and by the admin 
 superuser bootstrap in the cluster gives the same rows (tests/integration/test_baseline_job.py).
 ``(kind, object)`` is unique, so two snapshots compare by key (``diff``).
 
-``VALIDATE_SQL`` lists what ``make migrate-validate`` refuses in the exposed schemas: a table
+``VALIDATE_SQL`` lists what ``make migrate-validate`` refuses in the exposed schemas (and their
+``<schema>_private``, where data masking keeps a masked table behind its view): a table
 without forced row-level security or without a policy, a policy that names no role (unless its
 comment acknowledges it for every role, as the advisor's ``allow policy_to_public`` does).
 """
@@ -117,13 +118,13 @@ VALIDATE_SQL: Final = """
 SELECT pg_catalog.format('%I.%I: row-level security is not forced', n.nspname, c.relname)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN platform.exposed_schema e ON e.name = n.nspname
+JOIN platform.exposed_schema e ON n.nspname IN (e.name, e.name || '_private')
 WHERE c.relkind IN ('r', 'p') AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
 UNION ALL
 SELECT pg_catalog.format('%I.%I: no policy (an API role would see no rows)', n.nspname, c.relname)
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN platform.exposed_schema e ON e.name = n.nspname
+JOIN platform.exposed_schema e ON n.nspname IN (e.name, e.name || '_private')
 WHERE c.relkind IN ('r', 'p')
   AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
 UNION ALL
@@ -132,7 +133,7 @@ SELECT pg_catalog.format('%I.%I: policy %I names no role (write TO <role>, ...)'
 FROM pg_catalog.pg_policy p
 JOIN pg_catalog.pg_class c ON c.oid = p.polrelid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-JOIN platform.exposed_schema e ON e.name = n.nspname
+JOIN platform.exposed_schema e ON n.nspname IN (e.name, e.name || '_private')
 WHERE 0 = ANY (p.polroles)
   AND COALESCE(pg_catalog.obj_description(p.oid, 'pg_policy'), '') !~ '{ACKNOWLEDGED}'
 ORDER BY 1

@@ -11,7 +11,9 @@ Job named by the bundle's hash, like the platform baseline. The script, in one s
    is refused with its name;
 3. applies each pending migration in its own transaction as the schema owner
    (``pgplatform_owner``) with ``lock_timeout`` and ``statement_timeout``, recording it in the
-   ledger in the same transaction: a failing migration leaves neither its changes nor its row.
+   ledger in the same transaction: a failing migration leaves neither its changes nor its row;
+4. when it applied any, runs ``platform.apply_masking()`` (data masking of the stack config) so
+   that a table a migration created or changed is served masked from then on.
 
 Files are checked here, before anything is rendered: names, versions without gaps or
 duplicates, no transaction control and no psql meta-commands (the script owns both). A domain
@@ -354,7 +356,34 @@ def _apply_sql(plan: MigrationPlan, migration: Migration) -> list[str]:
         f"INSERT INTO {LEDGER} (domain, version, name, checksum)",
         f"VALUES ({_ledger_values(m)});",
         *(["COMMIT;"] if m.in_transaction else []),
+        "\\set applied_any true",
         f"\\echo {m.label}: applied",
+        "\\endif",
+    ]
+
+
+def _masking_sql(plan: MigrationPlan) -> list[str]:
+    """After a run that applied something: the masking rules onto what it created or changed.
+
+    ``platform.apply_masking()`` (db/081_masking_apply.sql) moves a masked table behind its view
+    and rebuilds a view whose table changed; the baseline Job runs it too, but before the
+    migrations. It runs as the database owner (the session's role), in a transaction of its own.
+    """
+    return [
+        "\\if :applied_any",
+        "SELECT pg_catalog.to_regprocedure('platform.apply_masking()') IS NOT NULL"
+        " AS has_masking \\gset",
+        "\\if :has_masking",
+        "RESET ALL;",
+        "RESET ROLE;",
+        "SET client_min_messages = warning;",
+        "BEGIN;",
+        f"SET LOCAL lock_timeout = '{plan.lock_timeout}';",
+        f"SET LOCAL statement_timeout = '{plan.statement_timeout}';",
+        "SELECT platform.apply_masking() IS NULL AS masked \\gset",
+        "COMMIT;",
+        "\\echo masking rules applied",
+        "\\endif",
         "\\endif",
     ]
 
@@ -380,8 +409,10 @@ def render_migrate_script(plan: MigrationPlan) -> str:
         "-- The whole bundle is checked against the ledger before anything is applied.",
         *_ledger_check_sql(plan),
     ]
+    lines.append("\\set applied_any false")
     for migration in plan.migrations:
         lines += _apply_sql(plan, migration)
+    lines += _masking_sql(plan)
     lines += [
         f"SELECT pg_catalog.pg_advisory_unlock({ADVISORY_LOCK_KEY}) AS unlocked \\gset",
         f"\\echo migrations current: {len(plan.migrations)} in {len(plan.domains)} domain(s)",

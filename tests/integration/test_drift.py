@@ -43,25 +43,24 @@ def test_drift_by_hand_is_named(live: tuple[PgCluster, str], build: Path) -> Non
     cluster, dbname = live
     assert drift(build, dsn(cluster, dbname)) == [], "a database built like the render"
     with cluster.connect(dbname) as conn:
-        conn.execute("ALTER TABLE identity.accounts ADD COLUMN phone text")
+        conn.execute("ALTER TABLE content.articles ADD COLUMN phone text")
         conn.execute("DROP POLICY articles_cms_own ON content.articles")
         conn.execute("GRANT DELETE ON content.articles TO api_user")
         conn.execute(
-            "CREATE OR REPLACE FUNCTION identity.me() RETURNS SETOF identity.accounts"
-            " LANGUAGE sql STABLE SET search_path = '' AS $$"
-            " SELECT a.* FROM identity.accounts a $$"
+            "CREATE OR REPLACE FUNCTION billing.tenant_total() RETURNS bigint"
+            " LANGUAGE sql STABLE SET search_path = '' AS $$ SELECT 0::bigint $$"
         )
         conn.execute("DELETE FROM platform.migration WHERE domain = 'analytics'")
     found = {(d.kind, d.object): d for d in drift(build, dsn(cluster, dbname))}
     assert set(found) == {
-        ("column", "identity.accounts.phone"),
+        ("column", "content.articles.phone"),
         ("policy", "content.articles articles_cms_own"),
         ("grant", "relation content.articles to api_user"),
-        ("function", "identity.me()"),
+        ("function", "billing.tenant_total()"),
         ("migration", "analytics/0001_article_stats.sql"),
     }, found
-    assert str(found["column", "identity.accounts.phone"]).startswith(
-        "+ column identity.accounts.phone: not in the migrations (text)"
+    assert str(found["column", "content.articles.phone"]).startswith(
+        "+ column content.articles.phone: not in the migrations (text)"
     )
     assert str(found["policy", "content.articles articles_cms_own"]).startswith(
         "- policy content.articles articles_cms_own: missing (PERMISSIVE ALL to api_service_cms"

@@ -99,14 +99,29 @@ def test_migrations_apply_in_order_as_the_schema_owner(cluster: PgCluster, datab
     with cluster.connect(database) as conn:
         owners = conn.execute(
             "SELECT c.oid::regclass::text, pg_get_userbyid(c.relowner) FROM pg_class c"
-            " WHERE c.oid IN ('identity.accounts'::regclass, 'content.articles'::regclass,"
-            " 'analytics.article_stats'::regclass)"
+            " WHERE c.oid IN ('identity_private.accounts'::regclass,"
+            " 'content.articles'::regclass, 'analytics.article_stats'::regclass,"
+            " 'billing.invoices'::regclass)"
         ).fetchall()
         policy = conn.execute(
             "SELECT roles::text[] FROM pg_policies WHERE policyname = 'articles_cms_own'"
         ).fetchone()
     assert {owner for _, owner in owners} == {"pgplatform_owner"}, owners
     assert policy == (["api_service_cms"],)
+
+
+def test_the_run_masks_what_the_migrations_created(cluster: PgCluster, database: str) -> None:
+    """Staging masks identity.accounts.email: after the run the API's name is the masking view."""
+    with cluster.connect(database) as conn:
+        kinds = conn.execute(
+            "SELECT c.oid::regclass::text, c.relkind::text, pg_get_userbyid(c.relowner)"
+            " FROM pg_class c WHERE c.oid IN ('identity.accounts'::regclass,"
+            " 'identity_private.accounts'::regclass) ORDER BY 1"
+        ).fetchall()
+    assert kinds == [
+        ("identity.accounts", "v", "pgplatform_masking"),
+        ("identity_private.accounts", "r", "pgplatform_owner"),
+    ]
 
 
 def test_a_second_run_is_a_no_op(cluster: PgCluster, database: str, build: Path) -> None:
@@ -132,20 +147,20 @@ def test_a_new_migration_is_applied_and_changes_the_schema_version(
 ) -> None:
     """What makes PostgREST reload: the migration's DDL changes ``platform.schema_version``."""
     root = tree(tmp_path)
-    (root / "identity" / "0002_nicknames.sql").write_text(
-        "ALTER TABLE identity.accounts ADD COLUMN nickname text;\n"
+    (root / "content" / "0003_nicknames.sql").write_text(
+        "ALTER TABLE content.articles ADD COLUMN nickname text;\n"
     )
     with cluster.connect(database) as conn:
-        before = conn.execute("SELECT platform.schema_version('identity')").fetchone()
+        before = conn.execute("SELECT platform.schema_version('content')").fetchone()
     result = run_migrations(cluster, database, bundle_of(root, tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "identity/0002_nicknames.sql: applied" in result.stdout
+    assert "content/0003_nicknames.sql: applied" in result.stdout
     assert result.stdout.count("applying") == 1
     with cluster.connect(database) as conn:
-        after = conn.execute("SELECT platform.schema_version('identity')").fetchone()
+        after = conn.execute("SELECT platform.schema_version('content')").fetchone()
         column = conn.execute(
             "SELECT 1 FROM information_schema.columns"
-            " WHERE table_schema = 'identity' AND column_name = 'nickname'"
+            " WHERE table_schema = 'content' AND column_name = 'nickname'"
         ).fetchone()
     assert column is not None
     assert after != before
@@ -210,7 +225,7 @@ def test_a_failing_migration_rolls_back_alone(
     root = tree(tmp_path)
     (root / "identity" / "0002_fine.sql").write_text("CREATE TABLE identity.fine (id int);\n")
     broken = root / "identity" / "0003_broken.sql"
-    broken.write_text("ALTER TABLE identity.accounts ADD COLUMN half_done text;\nSELECT 1 / 0;\n")
+    broken.write_text("ALTER TABLE content.articles ADD COLUMN half_done text;\nSELECT 1 / 0;\n")
     (root / "identity" / "0004_after.sql").write_text("CREATE TABLE identity.after (id int);\n")
     error = failed(run_migrations(cluster, database, bundle_of(root, tmp_path)))
     assert "division by zero" in error
@@ -224,7 +239,7 @@ def test_a_failing_migration_rolls_back_alone(
     assert half is None
     assert [r[1] for r in ledger(cluster, database) if r[0] == "identity"] == [1, 2]
     # Fixed (it was never applied, so it may still change): the next run goes on from there.
-    broken.write_text("ALTER TABLE identity.accounts ADD COLUMN half_done text;\n")
+    broken.write_text("ALTER TABLE content.articles ADD COLUMN half_done text;\n")
     result = run_migrations(cluster, database, bundle_of(root, tmp_path / "fixed"))
     assert result.returncode == 0, result.stderr
     assert [r[1] for r in ledger(cluster, database) if r[0] == "identity"] == [1, 2, 3, 4]
