@@ -2,9 +2,10 @@
 
 The staging stack masks ``identity.accounts.email`` (Pulumi.staging.yaml): ``api_user`` reads
 ``partial(1,"***",0)``, ``api_editor`` reads ``hash``, ``api_admin`` reads the address. The
-database is the rendered bundle plus the example domains, then ``platform.apply_masking()`` as
-after the domain migrations (``tests/integration/pooler.py``). Each request is the transaction
-of ``test_security_model.request``: ``SET LOCAL ROLE``, claims, ``platform.pre_request()``, query.
+database is the rendered bundle plus the domain migrations through the rendered migrations Job's
+script, which ends with ``platform.apply_masking()`` (``tests/integration/pooler.py``). Each
+request is the transaction of ``test_security_model.request``: ``SET LOCAL ROLE``, claims,
+``platform.pre_request()``, query.
 """
 
 from __future__ import annotations
