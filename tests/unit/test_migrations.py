@@ -122,10 +122,12 @@ def test_the_script_locks_checks_then_applies_each_in_its_own_transaction() -> N
     check = script.index("DO $ledger_check$")
     first = script.index("\\ir content.0001_articles.sql")
     assert lock < check < first
-    assert script.count("BEGIN;") == script.count("COMMIT;") == len(plan.migrations)
+    # One transaction per migration, and one for the masking rules after a run that applied any.
+    assert script.count("BEGIN;") == script.count("COMMIT;") == len(plan.migrations) + 1
+    assert script.index("SELECT platform.apply_masking()") > script.rindex("\\ir ")
     assert script.count('SET LOCAL ROLE "pgplatform_owner";') == len(plan.migrations)
-    assert script.count("SET LOCAL lock_timeout = '10s';") == len(plan.migrations)
-    assert script.count("SET LOCAL statement_timeout = '15min';") == len(plan.migrations)
+    assert script.count("SET LOCAL lock_timeout = '10s';") == len(plan.migrations) + 1
+    assert script.count("SET LOCAL statement_timeout = '15min';") == len(plan.migrations) + 1
     for migration in plan.migrations:
         assert migration.checksum in script
     assert script.startswith("-- Domain migrations")
