@@ -232,6 +232,8 @@ def test_ca_secret_change_replaces_the_job_and_updates_the_deployments(cluster: 
     assert steps == {
         ("kubernetes:apps/v1:Deployment", "pgbouncer-deployment"): "update",
         ("kubernetes:apps/v1:Deployment", "observability-exporter"): "update",
+        # The audit export connects like the Jobs (the same libpq environment and CA mount).
+        ("kubernetes:apps/v1:Deployment", "audit-export-deployment"): "update",
         ("kubernetes:batch/v1:Job", AUTONAME_SUFFIX.sub("", job["metadata"]["name"])): "replace",
         # The migrations Job mounts the same CA.
         ("kubernetes:batch/v1:Job", AUTONAME_SUFFIX.sub("", migrations["metadata"]["name"])): (
