@@ -164,7 +164,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def running_apiserver(bin_dir: Path) -> Iterator[ApiServer]:
-    """etcd + kube-apiserver (RBAC on, admission defaults) on free loopback ports; stopped after."""
+    """etcd + kube-apiserver (RBAC on, default admission but claim protection) on free loopback
+    ports; stopped after."""
     with tempfile.TemporaryDirectory(prefix="pgplatform-apiserver-") as tmp:
         root = Path(tmp)
         pki = root / "pki"
@@ -253,6 +254,10 @@ def running_apiserver(bin_dir: Path) -> Iterator[ApiServer]:
                                 # Addresses the API server only records; nothing is routed.
                                 "--service-cluster-ip-range=10.96.0.0/24",
                                 "--authorization-mode=RBAC",
+                                # The finalizer this plugin puts on every claim is removed only
+                                # by kube-controller-manager's pvc-protection controller, which
+                                # does not run here: a deleted claim would wait for it forever.
+                                "--disable-admission-plugins=StorageObjectInUseProtection",
                                 "--enable-priority-and-fairness=false",
                                 "--profiling=false",
                             ],
