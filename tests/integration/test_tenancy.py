@@ -60,11 +60,8 @@ def billing(env: RunningStack) -> dict[str, str]:
     return {key: schema}
 
 
-@pytest.fixture
-def staging(env: RunningStack) -> None:
-    """Only staging has the anonymous role, the groups mapping and the tenant-bound clients."""
-    if env.stack != "staging":
-        pytest.skip("prod has no anonymous role, groups mapping or tenant-bound machine client")
+STAGING_ONLY = pytest.mark.parametrize("env", ["staging"], indirect=True)
+"""Only staging has the anonymous role, the groups mapping and the tenant-bound clients."""
 
 
 @pytest.fixture
@@ -242,8 +239,9 @@ def test_a_tenant_claim_must_be_a_non_empty_string(
         request(client, "api_editor", claims, "SELECT 1", rollback=True, app_settings=billing)
 
 
+@STAGING_ONLY
 def test_tokens_elevated_by_groups_need_the_claim_too(
-    staging: None, client: Conn, billing: dict[str, str]
+    client: Conn, billing: dict[str, str]
 ) -> None:
     """The rule applies to the final role: groups lift api_anonymous to api_editor first."""
     claims = token("api_anonymous", groups=["editors"])
@@ -260,8 +258,9 @@ def test_tokens_elevated_by_groups_need_the_claim_too(
     assert rows == [("api_editor", len(ROWS["acme"]))]
 
 
+@STAGING_ONLY
 def test_anonymous_requests_pass_and_see_no_tenant_rows(
-    staging: None, client: Conn, billing: dict[str, str]
+    client: Conn, billing: dict[str, str]
 ) -> None:
     claims = {"role": "api_anonymous"}
     rows = request(
@@ -295,9 +294,8 @@ def test_other_domains_are_not_tenanted(client: Conn, env: RunningStack) -> None
 
 
 # -- machine clients -------------------------------------------------------------------------------
-def test_a_scoped_client_works_only_in_its_tenant(
-    staging: None, client: Conn, billing: dict[str, str]
-) -> None:
+@STAGING_ONLY
+def test_a_scoped_client_works_only_in_its_tenant(client: Conn, billing: dict[str, str]) -> None:
     role = "api_service_ingest"
     rows = as_tenant(client, billing, "acme", "SELECT number FROM billing.invoices", role=role)
     assert numbers(rows) == set(ROWS["acme"])
@@ -306,8 +304,9 @@ def test_a_scoped_client_works_only_in_its_tenant(
             as_tenant(client, billing, other, "SELECT 1", role=role)
 
 
+@STAGING_ONLY
 def test_a_cross_tenant_client_reads_all_and_is_logged(
-    staging: None, client: Conn, env: RunningStack, billing: dict[str, str]
+    client: Conn, env: RunningStack, billing: dict[str, str]
 ) -> None:
     role = "api_service_support"
     rows = as_tenant(client, billing, None, "SELECT number FROM billing.invoices", role=role,
@@ -320,8 +319,9 @@ def test_a_cross_tenant_client_reads_all_and_is_logged(
     ) in log
 
 
+@STAGING_ONLY
 def test_writes_are_audited_with_tenant_and_cross_tenant_mark(
-    staging: None, client: Conn, env: RunningStack, billing: dict[str, str]
+    client: Conn, env: RunningStack, billing: dict[str, str]
 ) -> None:
     insert = "INSERT INTO billing.invoices (number, amount_cents) VALUES (%s, 5) RETURNING id"
     [(own_id,)] = as_tenant(client, billing, "acme", insert, ("AUD-1",), rollback=False)
