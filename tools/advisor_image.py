@@ -11,23 +11,21 @@ The build context is ``tools/``: ``docker build -f tools/advisor/Dockerfile tool
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from components.render.advisor_job import DEFAULT_REPOSITORY, default_reference, image_tag
+from tools import image_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", default=DEFAULT_REPOSITORY)
-    parser.add_argument("--tag", action="store_true", help="print the tag only")
-    args = parser.parse_args(argv)
-    try:
-        print(image_tag() if args.tag else default_reference(args.repository))
-    except ValueError as error:
-        print(f"advisor_image: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return image_cli.run(
+        "advisor_image",
+        __doc__ or "",
+        default_repository=DEFAULT_REPOSITORY,
+        reference=default_reference,
+        tag=image_tag,
+        argv=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -416,6 +416,17 @@ def _pool_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
     ]
 
 
+def _newest_job_failed(jobs: str) -> str:
+    """The newest of a CronJob's Jobs (matched by ``jobs``) has failed, by kube-state-metrics."""
+    return (
+        f"(kube_job_status_start_time{{{jobs}}}"
+        " == on (namespace) group_left ()"
+        f" max by (namespace) (kube_job_status_start_time{{{jobs}}}))"
+        " and on (namespace, job_name)"
+        f' (kube_job_failed{{{jobs}, condition="true"}} == 1)'
+    )
+
+
 def _backup_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
     pg = sel.postgres
     cron = sel.restore_cronjob
@@ -453,13 +464,7 @@ def _backup_rules(sel: Selectors, t: AlertThresholds) -> list[_Rule]:
             name="RestoreVerificationFailed",
             severity="critical",
             component="backup",
-            expr=(
-                f"(kube_job_status_start_time{{{jobs}}}"
-                " == on (namespace) group_left ()"
-                f" max by (namespace) (kube_job_status_start_time{{{jobs}}}))"
-                " and on (namespace, job_name)"
-                f' (kube_job_failed{{{jobs}, condition="true"}} == 1)'
-            ),
+            expr=_newest_job_failed(jobs),
             for_="5m",
             summary="The latest restore verification job {{ $labels.job_name }} failed",
             description=(
@@ -501,13 +506,7 @@ def _advisor_rules(sel: Selectors) -> list[_Rule]:
             name="PostgresAdvisorFindings",
             severity="warning",
             component="database",
-            expr=(
-                f"(kube_job_status_start_time{{{jobs}}}"
-                " == on (namespace) group_left ()"
-                f" max by (namespace) (kube_job_status_start_time{{{jobs}}}))"
-                " and on (namespace, job_name)"
-                f' (kube_job_failed{{{jobs}, condition="true"}} == 1)'
-            ),
+            expr=_newest_job_failed(jobs),
             for_="5m",
             summary="The latest advisor run {{ $labels.job_name }} failed",
             description=(
