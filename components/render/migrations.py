@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -227,10 +227,19 @@ def _apply_order(requires: Mapping[str, set[str]]) -> tuple[str, ...]:
 
 
 def plan_migrations(
-    stack_domains: Sequence[str], root: Path = MIGRATIONS_DIR, **options: str
+    stack_domains: Sequence[str],
+    root: Path = MIGRATIONS_DIR,
+    *,
+    only: Collection[str] | None = None,
+    **options: str,
 ) -> MigrationPlan:
-    """The plan of a stack: every configured domain with a migrations directory."""
-    domains = [d for d in available_domains(root) if d in set(stack_domains)]
+    """The plan of a stack: every configured domain with a migrations directory.
+
+    ``only`` narrows it to the domains of one database (a domain served from the CDC copies
+    has its migrations applied there); a domain it requires may then live elsewhere.
+    """
+    wanted = set(stack_domains) if only is None else set(only) & set(stack_domains)
+    domains = [d for d in available_domains(root) if d in wanted]
     per_domain = {d: read_domain(d, root / d) for d in domains}
     requires: dict[str, set[str]] = {}
     for domain, migrations in per_domain.items():
