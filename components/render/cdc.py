@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from components.render.membership_loan import MembershipLoan
+
 PUBLICATION: Final = "analytics_cdc"
 SLOT: Final = PUBLICATION
 SUBSCRIPTION: Final = PUBLICATION
@@ -43,6 +45,7 @@ POLICY: Final = "cdc_publisher_read"
 """Read policy of the publication role on each published table (its initial copy)."""
 EXTERNAL_CLUSTER: Final = "cdc-publisher"
 """``externalClusters`` entry of the Cluster the ``Subscription`` connects through."""
+_OWNER_LOAN: Final = MembershipLoan(role=OWNER)
 
 PUBLISHER_FILE: Final = "publisher.psql"
 SLOT_FILE: Final = "slot.sql"
@@ -289,7 +292,7 @@ def render_publisher_psql(plan: CdcPlan) -> str:
         "\\set ON_ERROR_STOP on",
         "\\set QUIET on",
         "SET client_min_messages = warning;",
-        f"SELECT NOT pg_catalog.pg_has_role({_literal(OWNER)}, 'MEMBER') AS lend_owner \\gset",
+        *_OWNER_LOAN.check(),
         "BEGIN;",
         "SET LOCAL lock_timeout = '10s';",
         "DO $$",
@@ -303,9 +306,7 @@ def render_publisher_psql(plan: CdcPlan) -> str:
         "END",
         "$$;",
         f"GRANT CONNECT ON DATABASE {plan.source_database} TO {ROLE};",
-        "\\if :lend_owner",
-        f"GRANT {OWNER} TO CURRENT_USER;",
-        "\\endif",
+        *_OWNER_LOAN.grant(),
     ]
     for table in plan.tables:
         lines += ["", f"-- {table.qualified}", *_table_checks(table)]
@@ -369,9 +370,7 @@ def render_publisher_psql(plan: CdcPlan) -> str:
     for table in plan.tables:
         lines += _writes_still_allowed(table)
     lines += [
-        "\\if :lend_owner",
-        f"REVOKE {OWNER} FROM CURRENT_USER;",
-        "\\endif",
+        *_OWNER_LOAN.revoke(),
         "COMMIT;",
         f"\\echo publication {PUBLICATION} applied",
         "",

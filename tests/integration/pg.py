@@ -55,6 +55,9 @@ _FAST_SETTINGS: Final = {
 }
 
 
+_CONF_BLOCK: Final = "\n# pgplatform test cluster\n"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -249,8 +252,10 @@ class PgCluster:
         tls: bool = False,
         tls_only: bool = False,
         settings: Mapping[str, str] | None = None,
+        standby_of: PgCluster | None = None,
     ) -> None:
         self.tls = tls or tls_only
+        self.standby_of = standby_of
         self.tls_only = tls_only
         self.extra_settings = dict(settings or {})
         self.host = LOOPBACK
@@ -290,12 +295,19 @@ class PgCluster:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> PgCluster:
-        """initdb, configure and start; on any failure everything created is removed again."""
+        """initdb, configure and start; on any failure everything created is removed again.
+
+        A standby (``standby_of``) starts from a base backup of its primary instead and streams
+        from it, as a read replica does; its superuser is the primary's.
+        """
         initdb = require_tool("initdb", PG_PACKAGE)
         self.base_dir = Path(tempfile.mkdtemp(prefix="pgplatform-pg-"))
         try:
             self.base.chmod(0o700)
             give_to_server_user(self.base)
+            if self.standby_of is not None:
+                self._clone(self.standby_of)
+                return self
             password_file = self.base / "superuser.pw"
             password_file.write_text(self.superuser_password + "\n")
             give_to_server_user(password_file)
@@ -331,6 +343,39 @@ class PgCluster:
             raise
         return self
 
+    def _clone(self, primary: PgCluster) -> None:
+        """Base backup of ``primary`` (streaming its WAL), then start as its hot standby."""
+        self.superuser_password = primary.superuser_password
+        source = make_conninfo(
+            host=str(primary.socket_dir),
+            port=primary.port,
+            user=primary.superuser,
+            password=primary.superuser_password,
+        )
+        run_checked(
+            as_server_user(
+                [
+                    str(PG_BIN / "pg_basebackup"),
+                    "--pgdata",
+                    str(self.data_dir),
+                    "--dbname",
+                    source,
+                    "--wal-method=stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ]
+            ),
+            what="pg_basebackup",
+        )
+        standby_signal = self.data_dir / "standby.signal"
+        standby_signal.touch()
+        give_to_server_user(standby_signal)
+        self.extra_settings["primary_conninfo"] = f"'{source}'"
+        if self.tls:
+            self._certificates = _TestCertificates(self.base)
+        self._write_hba()
+        self._start_server()
+
     def _settings(self) -> dict[str, str]:
         settings = {
             "listen_addresses": f"'{LOOPBACK}'",
@@ -349,7 +394,8 @@ class PgCluster:
         return settings | self.extra_settings
 
     def _write_hba(self) -> None:
-        lines = ["local all all scram-sha-256"]
+        # Streaming standbys of this cluster (``standby_of``) replicate over the socket.
+        lines = ["local all all scram-sha-256", "local replication all scram-sha-256"]
         if self.tls_only:
             lines += [
                 f"hostssl all all {LOOPBACK}/32 scram-sha-256",
@@ -364,12 +410,13 @@ class PgCluster:
     def _start_server(self, attempts: int = 3, timeout: float = 60) -> None:
         postgres = str(PG_BIN / "postgres")
         conf = self.data_dir / "postgresql.conf"
-        original = conf.read_text()
+        # A standby's copy of the file carries its primary's block: replaced, not added to.
+        original = conf.read_text().split(_CONF_BLOCK, 1)[0]
         for _ in range(attempts):
             # Another process may take the free port between probe and bind: retry on a new one.
             self.port = free_port()
             body = "\n".join(f"{key} = {value}" for key, value in self._settings().items())
-            conf.write_text(f"{original}\n# pgplatform test cluster\nport = {self.port}\n{body}\n")
+            conf.write_text(f"{original}{_CONF_BLOCK}port = {self.port}\n{body}\n")
             self._server = spawn_server(
                 [postgres, "-D", str(self.data_dir)], self.log_file, stop_signal=signal.SIGINT
             )
