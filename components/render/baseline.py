@@ -412,6 +412,20 @@ def render_bootstrap_sql() -> str:
     return "\n".join(parts)
 
 
+def owner_transaction() -> list[str]:
+    """psql lines: the database owner's name into ``:database_owner``, then the transaction
+    with the baseline's timeouts (shared by the scripts the admin runs as the owner)."""
+    return [
+        "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
+        "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
+        "BEGIN;",
+        "-- Wait for locks held by the running APIs at most this long, and hold the locks taken",
+        "-- no longer than a statement may run; the Job retries.",
+        f"SET LOCAL lock_timeout = '{BASELINE_LOCK_TIMEOUT}';",
+        f"SET LOCAL statement_timeout = '{BASELINE_STATEMENT_TIMEOUT}';",
+    ]
+
+
 def render_apply_script(
     exposed_schemas: Sequence[str],
     groups: GroupRoles = NO_GROUP_ROLES,
@@ -453,13 +467,7 @@ def render_apply_script(
         "         ELSE :'installed_version' || ' without its RLS guard (event trigger "
         "platform_rls_guard missing, disabled or not calling platform.rls_guard())'",
         "    END AS installed_label \\gset",
-        "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
-        "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
-        "BEGIN;",
-        "-- Wait for locks held by the running APIs at most this long, and hold the locks taken",
-        "-- no longer than a statement may run; the Job retries.",
-        f"SET LOCAL lock_timeout = '{BASELINE_LOCK_TIMEOUT}';",
-        f"SET LOCAL statement_timeout = '{BASELINE_STATEMENT_TIMEOUT}';",
+        *owner_transaction(),
         "\\if :superuser_current",
         f"\\echo superuser part {version[:12]}: installed",
         "\\elif :is_superuser",

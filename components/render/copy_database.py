@@ -42,8 +42,6 @@ from components.render.access import (
 from components.render.baseline import (
     ACCESS_FILE,
     APPLY_SCRIPT,
-    BASELINE_LOCK_TIMEOUT,
-    BASELINE_STATEMENT_TIMEOUT,
     NO_CACHE_CONTROL,
     NO_GROUP_ROLES,
     NO_TENANCY,
@@ -51,6 +49,7 @@ from components.render.baseline import (
     GroupRoles,
     Tenancy,
     admin_sql_files,
+    owner_transaction,
     superuser_sql_files,
 )
 from components.render.membership_loan import MembershipLoan
@@ -359,13 +358,7 @@ def _opening(cd: CopyDatabase, title: str) -> list[str]:
         "\\set ON_ERROR_STOP on",
         "\\set QUIET on",
         "SET client_min_messages = warning;",
-        "SELECT pg_catalog.pg_get_userbyid(d.datdba) AS database_owner",
-        "FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database() \\gset",
-        "BEGIN;",
-        "-- Wait for locks held by the running APIs at most this long, and hold the locks taken",
-        "-- no longer than a statement may run; the Job retries.",
-        f"SET LOCAL lock_timeout = '{BASELINE_LOCK_TIMEOUT}';",
-        f"SET LOCAL statement_timeout = '{BASELINE_STATEMENT_TIMEOUT}';",
+        *owner_transaction(),
         "DO $$",
         "BEGIN",
         f"    IF pg_catalog.current_database() <> {_literal(cd.database)} THEN",
