@@ -15,10 +15,12 @@ admin role (``psql -X -f apply.psql``), in one transaction:
 * the copies: USAGE on their schemas and SELECT on each copy for the API roles reaching a
   served schema (the views of the served schema read the copies as the caller), USAGE for the
   schema owner (migrations name the copies), nothing else to anyone;
-* the seal (``seal.sql``): what the RLS guard's event trigger does in the application database,
-  done explicitly. Every table of a served schema gets row level security enabled and forced,
-  a materialized view there is refused. The migrations Job of this database runs it after the
-  migrations, and every run of ``apply.psql`` runs it again.
+* the seal (``seal_statements``): what the RLS guard's event trigger does in the application
+  database, done explicitly. Every table of a served schema gets row level security enabled and
+  forced, a materialized view there is refused. ``apply.psql`` ends with it; the migrations Job
+  of this database runs it inside each migration's transaction
+  (``migrations.job_bundle(plan, after_each=...)``), so no table is committed unsealed;
+  ``seal.sql`` is the same on its own, for a run after the migrations.
 
 The admin holds ``pgplatform_owner``'s membership for the transaction only
 (``membership_loan.py``), as for the CDC publication: default privileges of that role and the
@@ -315,10 +317,13 @@ def render_copy_grants_sql(cd: CopyDatabase) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seal_statements(cd: CopyDatabase) -> list[str]:
-    """Row level security enabled and forced on every table of the served schemas."""
+def seal_statements(cd: CopyDatabase) -> tuple[str, ...]:
+    """Row level security enabled and forced on every table of the served schemas, a
+    materialized view there refused. Run as the database owner holding pgplatform_owner's
+    rights: in ``apply.psql``, ``seal.sql``, and after each migration in its transaction
+    (``migrations.job_bundle(plan, after_each=seal_statements(cd))``)."""
     served = _names(cd.schemas)
-    return [
+    return (
         "DO $$",
         "DECLARE",
         "    target regclass;",
@@ -348,7 +353,7 @@ def _seal_statements(cd: CopyDatabase) -> list[str]:
         "    END LOOP;",
         "END",
         "$$;",
-    ]
+    )
 
 
 def _opening(cd: CopyDatabase, title: str) -> list[str]:
@@ -384,7 +389,7 @@ def render_seal_sql(cd: CopyDatabase) -> str:
     return "\n".join(
         [
             *_opening(cd, f"Seal of the served schemas of database {cd.database}"),
-            *_seal_statements(cd),
+            *seal_statements(cd),
             *_closing(),
             "\\echo served schemas sealed",
             "",
@@ -402,7 +407,7 @@ def render_apply_script(cd: CopyDatabase) -> str:
             *included,
             f"\\ir {COPY_GRANTS_FILE}",
             "-- The seal (also seal.sql, which the migrations Job runs after the migrations).",
-            *_seal_statements(cd),
+            *seal_statements(cd),
             *_closing(),
             f"\\echo copy database {cd.database} applied",
             "",

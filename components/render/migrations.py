@@ -345,7 +345,9 @@ def _ledger_check_sql(plan: MigrationPlan) -> list[str]:
     ]
 
 
-def _apply_sql(plan: MigrationPlan, migration: Migration) -> list[str]:
+def _apply_sql(
+    plan: MigrationPlan, migration: Migration, after_each: Sequence[str] = ()
+) -> list[str]:
     m = migration
     local = "LOCAL " if m.in_transaction else ""
     return [
@@ -362,6 +364,7 @@ def _apply_sql(plan: MigrationPlan, migration: Migration) -> list[str]:
         f'SET {local}ROLE "{plan.owner}";',
         f"\\ir {m.key}",
         "RESET ROLE;",
+        *after_each,
         f"INSERT INTO {LEDGER} (domain, version, name, checksum)",
         f"VALUES ({_ledger_values(m)});",
         *(["COMMIT;"] if m.in_transaction else []),
@@ -397,8 +400,13 @@ def _masking_sql(plan: MigrationPlan) -> list[str]:
     ]
 
 
-def render_migrate_script(plan: MigrationPlan) -> str:
-    """``migrate.psql``: lock, check the ledger, apply what is pending (``psql -X -f``)."""
+def render_migrate_script(plan: MigrationPlan, *, after_each: Sequence[str] = ()) -> str:
+    """``migrate.psql``: lock, check the ledger, apply what is pending (``psql -X -f``).
+
+    ``after_each``: SQL lines run after each migration, in its transaction, as the database
+    owner. The copy database passes its seal (``copy_database.seal_statements``): no table a
+    migration creates there is ever committed without row level security.
+    """
     lines = [
         "-- Domain migrations of this stack (rendered by pgplatform): psql -X -f migrate.psql",
         f"-- Domains in apply order: {', '.join(plan.domains) or '(none)'}.",
@@ -420,7 +428,7 @@ def render_migrate_script(plan: MigrationPlan) -> str:
     ]
     lines.append("\\set applied_any false")
     for migration in plan.migrations:
-        lines += _apply_sql(plan, migration)
+        lines += _apply_sql(plan, migration, after_each)
     lines += _masking_sql(plan)
     lines += [
         f"SELECT pg_catalog.pg_advisory_unlock({ADVISORY_LOCK_KEY}) AS unlocked \\gset",
@@ -430,9 +438,9 @@ def render_migrate_script(plan: MigrationPlan) -> str:
     return "\n".join(lines)
 
 
-def job_bundle(plan: MigrationPlan) -> dict[str, str]:
+def job_bundle(plan: MigrationPlan, *, after_each: Sequence[str] = ()) -> dict[str, str]:
     """ConfigMap data of the migrations Job: the script and every migration it includes."""
-    bundle = {SCRIPT: render_migrate_script(plan)}
+    bundle = {SCRIPT: render_migrate_script(plan, after_each=after_each)}
     bundle.update((m.key, m.text) for m in plan.migrations)
     size = sum(len(k) + len(v.encode("utf-8")) for k, v in bundle.items())
     if size > MAX_BUNDLE_BYTES:

@@ -4,13 +4,15 @@ One cluster as the staging stack deploys it: the application database (baseline,
 masking) and the ``analytics`` database fed by change data capture (the Job's script, the
 subscription), then the copy database's bundle applied twice by ``psql`` as the admin (a
 CREATEROLE database owner, not a superuser), the ``analytics`` domain's migrations through the
-real runner, and ``seal.sql``. A physical streaming standby of that cluster plays the ``-ro``
-Service: PostgREST's connection is the authenticator's, verified TLS, to the standby's
-``analytics`` database, and each request is PostgREST's per-request transaction.
+real runner (sealing after each migration), and ``seal.sql``. A physical streaming standby of
+that cluster plays the ``-ro`` Service: PostgREST's connection is the authenticator's, verified
+TLS, to the standby's ``analytics`` database, and each request is PostgREST's per-request
+transaction.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ from components import inputs
 from components.render import copy_database
 from components.render.access import AUTHENTICATOR
 from components.render.baseline import APPLY_SCRIPT, SCHEMA_SETTING, CacheControl, Tenancy
+from components.render.migrations import MIGRATIONS_DIR, plan_migrations, write_bundle
 from components.render.migrations import job_bundle as migrations_bundle
-from components.render.migrations import plan_migrations, write_bundle
 from tests.conftest import stack_settings
 from tests.integration.cdc_setup import (
     ADMIN,
@@ -96,7 +98,8 @@ def stack(
     cdc_files = job_files(base / "cdc")
     bundle = write_files(base / "copy", copy_database.job_bundle(COPY))
     plan = plan_migrations(tuple(SETTINGS.domains), only=set(SERVED))
-    migrate = write_bundle(migrations_bundle(plan), base / "migrations")
+    sealed = copy_database.seal_statements(COPY)
+    migrate = write_bundle(migrations_bundle(plan, after_each=sealed), base / "migrations")
     with running_cluster(tls=True, settings={"wal_level": "logical"}) as primary:
         start_same_cluster_pipeline(primary, rendered_stack("staging"), cdc_files)
         run(primary, bundle / APPLY_SCRIPT)
@@ -265,6 +268,25 @@ def test_seal_secures_a_table_a_migration_creates(stack: CopyStack) -> None:
     assert rows(stack.standby, secured) == [(True, True)]
     with api(stack) as conn:
         assert as_caller(conn, "user", "SELECT count(*) FROM analytics.daily_counts") == [(0,)]
+
+
+def test_a_table_a_migration_creates_is_committed_sealed(stack: CopyStack, tmp_path: Path) -> None:
+    root = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR / SERVED[0], root / SERVED[0])
+    (root / SERVED[0] / "0002_article_days.sql").write_text(
+        "CREATE TABLE analytics.article_days (day date PRIMARY KEY, articles bigint);\n"
+    )
+    plan = plan_migrations(tuple(SETTINGS.domains), root, only=set(SERVED))
+    bundle = migrations_bundle(plan, after_each=copy_database.seal_statements(COPY))
+    run(stack.primary, write_bundle(bundle, tmp_path / "job"))
+    replayed(stack)
+    for cluster in (stack.primary, stack.standby):
+        secured = rows(
+            cluster,
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class "
+            "WHERE oid = 'analytics.article_days'::regclass",
+        )
+        assert secured == [(True, True)]
 
 
 def test_applying_again_changes_no_privilege(stack: CopyStack) -> None:

@@ -27,6 +27,8 @@ from components.render.baseline import (
     bundle_checksum,
 )
 from components.render.membership_loan import MembershipLoan
+from components.render.migrations import job_bundle as migrations_bundle
+from components.render.migrations import plan_migrations, render_migrate_script
 from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.unit
@@ -204,3 +206,16 @@ def test_a_schema_no_api_role_reaches_is_refused() -> None:
     bare = dataclasses.replace(plan, schema_grants=())
     with pytest.raises(ValueError, match="access: no API role reaches"):
         copy_db(access=bare)
+
+
+def test_the_migrations_runner_seals_inside_each_migrations_transaction() -> None:
+    plan = plan_migrations(("analytics", "content"), only={"analytics"})
+    seal = cd.seal_statements(copy_db())
+    script = render_migrate_script(plan, after_each=seal)
+    assert render_migrate_script(plan) == script.replace("\n".join(seal) + "\n", "")
+    for migration in plan.migrations:
+        start = script.index(f"\\ir {migration.key}")
+        sealed = script.index("\n".join(seal), start)
+        assert start < sealed < script.index("INSERT INTO platform.migration", start)
+        assert sealed < script.index("COMMIT;", start)
+    assert migrations_bundle(plan, after_each=seal)["migrate.psql"] == script
