@@ -20,14 +20,18 @@ from dataclasses import dataclass
 
 import pulumi
 
+from components import inputs
 from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
-from components.render import baseline_job, cdc, pods
+from components.render import baseline_job, cdc, copy_database, pods
+from components.render.access import AUTHENTICATOR
+from components.render.baseline import CacheControl, Tenancy
 from components.render.checksum import content_checksum
 from components.render.masking import PRIVATE_SUFFIX, masked_columns, masking_rules
 from components.render.pgbouncer_pool import DatabaseEgress
 from components.render.postgres_cluster import CNPG_API_VERSION
 from components.settings import StackSettings
+from components.sql_baseline import SqlBaselineArgs
 
 APP_NAME = "cdc"
 INSTANCE = "analytics"
@@ -191,3 +195,42 @@ class CdcPipeline(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[job, database]),
         )
         return job.object_name
+
+
+def copy_baseline_args(s: StackSettings, endpoint: DatabaseEndpoint) -> SqlBaselineArgs:
+    """The CDC database prepared for the APIs serving its copies (``domains.<d>.database``)."""
+    plan = cdc_plan(s)
+    domains = s.copy_domains()
+    if plan is None or not domains:
+        raise ValueError("no domain serves the CDC copies (domains.<name>.database)")
+    schemas = tuple(s.schema_of(d) for d in domains)
+    access = inputs.access_plan(s)
+    # Who reaches a served schema reads the copies its views and functions are built on.
+    readers = tuple(
+        dict.fromkeys(g.role for g in access.schema_grants if g.schema in schemas and g.privileges)
+    )
+    cache = inputs.cache_control(s)
+    tenancy = inputs.tenancy(s)
+    copies = copy_database.CopyDatabase(
+        database=s.cdc.database,
+        schemas=schemas,
+        copies=tuple((table.schema, table.name) for table in plan.tables),
+        readers=readers,
+        authenticators=(AUTHENTICATOR,),
+        access=access,
+        groups=inputs.group_roles(s),
+        cache=CacheControl(rows=tuple(row for row in cache.rows if row[0] in schemas)),
+        tenancy=Tenancy(
+            domains=tuple(row for row in tenancy.domains if row[0] in schemas),
+            clients=tenancy.clients,
+        ),
+    )
+    return SqlBaselineArgs(
+        namespace=s.namespace,
+        database=s.cdc.database,
+        sslmode=s.postgres.sslmode,
+        exposed_schemas=schemas,
+        endpoint=endpoint,
+        migrations=inputs.copy_migration_plan(s),
+        copies=copies,
+    )

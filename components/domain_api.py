@@ -57,11 +57,13 @@ def domain_api_args(
     *,
     db_password: pulumi.Input[str],
     jwt_secret: pulumi.Input[str] | None,
+    database: inputs.DatabaseHost | None = None,
 ) -> DomainApiArgs:
-    """Stack settings of ``domain`` mapped onto the component's args."""
+    """Stack settings of ``domain`` mapped onto the component's args (``database``: the host of
+    the CDC copies, for a domain that serves them)."""
     return DomainApiArgs(
-        spec=inputs.domain_api_spec(s, domain),
-        conf=inputs.postgrest_conf_input(s, domain),
+        spec=inputs.domain_api_spec(s, domain, database),
+        conf=inputs.postgrest_conf_input(s, domain, database),
         env=s.stack,
         vault=s.vault,
         db_password=db_password,
@@ -74,23 +76,24 @@ def domain_api_args(
 def domain_api_report(s: StackSettings) -> list[str]:
     """Summary lines of the render: per domain, the route, pool, scaling and objects."""
     lines = ["", "Domain APIs (PostgREST " + POSTGREST_VERSION + "):"]
-    for domain in s.domains:
-        spec = inputs.domain_api_spec(s, domain)
-        conf = inputs.postgrest_conf_input(s, domain)
-        keys = "JWKS via webhook ExternalSecret" if spec.auth_mode == "jwks" else "HS256 via Vault"
-        objects = "ServiceAccount, ConfigMap, Deployment, Service, HPA, PDB, NetworkPolicy, "
-        objects += "HTTPRoute, Vault KV/policy/role, SecretStore, ExternalSecret"
-        if spec.auth_mode == "jwks":
-            objects += ", JWKS SecretStore + ExternalSecret"
-        budget = ", ".join(
-            f"{k} {v}" for k, v in render.disruption_budget(spec.replicas_min).items()
-        )
+    keys = "JWKS via webhook ExternalSecret" if s.auth.mode == "jwks" else "HS256 via Vault"
+    objects = "ServiceAccount, ConfigMap, Deployment, Service, HPA, PDB, NetworkPolicy, "
+    objects += "HTTPRoute, Vault KV/policy/role, SecretStore, ExternalSecret"
+    if s.auth.mode == "jwks":
+        objects += ", JWKS SecretStore + ExternalSecret"
+    copies = s.copy_domains()
+    for domain, d in s.domains.items():
+        if domain in copies:
+            source = f"database {s.cdc.database} on the read replicas, direct (CDC copies)"
+        else:
+            conf = inputs.postgrest_conf_input(s, domain)
+            source = f"pool {conf.db_name} @ {conf.db_host}"
+        budget = ", ".join(f"{k} {v}" for k, v in render.disruption_budget(d.replicas.min).items())
         lines += [
             f"  {domain}: {inputs.domain_public_url(s, domain)} -> "
-            f"{render.service_name(domain)}:{render.HTTP_PORT} (schema {conf.schema})",
-            f"    pool {conf.db_name} @ {conf.db_host}; replicas {spec.replicas_min}.."
-            f"{spec.replicas_max} (cpu {spec.cpu_target}%"
-            + (f", {spec.rps_target} rps/pod" if spec.rps_target else "")
+            f"{render.service_name(domain)}:{render.HTTP_PORT} (schema {s.schema_of(domain)})",
+            f"    {source}; replicas {d.replicas.min}..{d.replicas.max} (cpu {d.cpu_target}%"
+            + (f", {d.rps_target} rps/pod" if d.rps_target else "")
             + f"); PDB {budget}; keys: {keys}",
             f"    objects: {objects}",
         ]

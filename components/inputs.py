@@ -6,6 +6,9 @@ the offline renderer, the components and the tests derive identical inputs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from components.render.access import (
     AUDIT_SCHEMA,
     AUTHENTICATOR,
@@ -193,8 +196,25 @@ def sql_files(s: StackSettings) -> list[tuple[str, str]]:
 
 
 def migration_plan(s: StackSettings) -> MigrationPlan:
-    """The domain migrations the stack's migrations Job applies (its configured domains)."""
-    return plan_migrations(tuple(s.domains))
+    """The domain migrations the stack's migrations Job applies in postgres.database."""
+    copies = s.copy_domains()
+    return plan_migrations(tuple(s.domains), only=[d for d in s.domains if d not in copies])
+
+
+def copy_migration_plan(s: StackSettings) -> MigrationPlan:
+    """The migrations of the domains served from the CDC copies, applied in cdc.database."""
+    return plan_migrations(tuple(s.domains), only=s.copy_domains())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseHost:
+    """Where an API that bypasses PgBouncer connects: the CDC database on the replicas."""
+
+    ro_host: str
+    port: int
+    cluster: str | None
+    """CloudNativePG cluster (its pods are the NetworkPolicy peer); None: external."""
+    ca_secret: str | None
 
 
 def pgbouncer_host(s: StackSettings) -> str:
@@ -209,19 +229,36 @@ def domain_public_url(s: StackSettings, domain: str) -> str:
     return f"{s.public_base_url}{route_prefix(domain)}"
 
 
-def postgrest_conf_input(s: StackSettings, domain: str) -> PostgrestConfInput:
-    """``postgrest.conf`` inputs of one domain: PgBouncer pool, JWT key file, limits, logging."""
-    from components.render.domain_api import dns_name
+def postgrest_conf_input(
+    s: StackSettings, domain: str, database: DatabaseHost | None = None
+) -> PostgrestConfInput:
+    """``postgrest.conf`` inputs of one domain: PgBouncer pool, JWT key file, limits, logging.
+
+    A domain serving the CDC copies connects to ``database`` (its read replicas) itself.
+    """
+    from components.render.domain_api import DB_CA_FILE, dns_name
     from components.render.pgbouncer import RO_SUFFIX, RW_SUFFIX
     from components.render.postgrest import HS256_SECRET_FILE, JWKS_FILE
 
     d = s.domains[domain]
+    pool = s.postgres.database + (RO_SUFFIX if d.read_from_replicas else RW_SUFFIX)
+    if domain in s.copy_domains():
+        if database is None:
+            raise ValueError(f"database: domain {domain!r} serves the CDC copies, name its host")
+        verify = s.postgres.sslmode in ("verify-ca", "verify-full") and database.ca_secret
+        target: dict[str, Any] = {
+            "db_host": database.ro_host,
+            "db_port": database.port,
+            "db_name": s.cdc.database,
+            "db_sslmode": s.postgres.sslmode,
+            "db_sslrootcert": DB_CA_FILE if verify else None,
+        }
+    else:
+        target = {"db_host": pgbouncer_host(s), "db_port": 5432, "db_name": pool}
     return PostgrestConfInput(
         domain=dns_name(domain),
         schema=s.schema_of(domain),
-        db_host=pgbouncer_host(s),
-        db_port=5432,
-        db_name=s.postgres.database + (RO_SUFFIX if d.read_from_replicas else RW_SUFFIX),
+        **target,
         db_user=AUTHENTICATOR,
         anon_role="api_anonymous" if s.auth.anonymous else None,
         jwt_secret_file=JWKS_FILE if s.auth.mode == "jwks" else HS256_SECRET_FILE,
@@ -239,12 +276,25 @@ def postgrest_conf_input(s: StackSettings, domain: str) -> PostgrestConfInput:
     )
 
 
-def domain_api_spec(s: StackSettings, domain: str) -> DomainApiSpec:
-    """Manifest inputs of one domain API."""
+def domain_api_spec(
+    s: StackSettings, domain: str, database: DatabaseHost | None = None
+) -> DomainApiSpec:
+    """Manifest inputs of one domain API (``database``: see ``postgrest_conf_input``)."""
     from urllib.parse import urlsplit
 
-    from components.render.domain_api import ForwardAuth, GatewayParent
+    from components.render.domain_api import DirectDatabase, ForwardAuth, GatewayParent
+    from components.render.pgbouncer_pool import DatabaseEgress
     from components.render.pods import Resources
+
+    direct = None
+    if domain in s.copy_domains():
+        if database is None:
+            raise ValueError(f"database: domain {domain!r} serves the CDC copies, name its host")
+        verify = s.postgres.sslmode in ("verify-ca", "verify-full")
+        direct = DirectDatabase(
+            egress=DatabaseEgress(port=database.port, cluster=database.cluster),
+            ca_secret=database.ca_secret if verify else None,
+        )
 
     d = s.domains[domain]
     gw = s.gateway
@@ -280,6 +330,7 @@ def domain_api_spec(s: StackSettings, domain: str) -> DomainApiSpec:
         public_host=urlsplit(s.public_base_url).hostname or "",
         prometheus_namespace=s.observability.prometheus_namespace,
         prober_selector=(exporter_selector() if s.observability.synthetic.enabled else None),
+        direct_database=direct,
     )
 
 

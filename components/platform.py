@@ -8,7 +8,7 @@ import pulumi
 
 from components import inputs
 from components.audit_export import AuditExport, AuditExportArgs
-from components.cdc_pipeline import CdcPipeline, cdc_pipeline_args
+from components.cdc_pipeline import CdcPipeline, cdc_pipeline_args, copy_baseline_args
 from components.database_access import DatabaseAccess, DatabaseAccessArgs
 from components.domain_api import (
     DomainApi,
@@ -114,16 +114,15 @@ def build_platform(s: StackSettings) -> Platform:
     )
     # HS256 key shared by every API verifying tokens (None in jwks mode).
     jwt_secret = jwt_signing_secret(s)
-    apis = {
-        domain: DomainApi(
-            api_resource_name(domain),
-            domain_api_args(
-                s, domain, db_password=access.passwords[AUTHENTICATOR], jwt_secret=jwt_secret
-            ),
-            opts=after(*access.ready_for(s.schema_of(domain))),
-        )
-        for domain in s.domains
-    }
+    # The CDC database on the read replicas, for the APIs serving its copies.
+    endpoint = database.endpoint
+    copy_host = inputs.DatabaseHost(
+        ro_host=endpoint.ro_host,
+        port=endpoint.port,
+        cluster=endpoint.cluster,
+        ca_secret=endpoint.ca_secret,
+    )
+    copies = s.copy_domains()
     # The GraphQL pilot: its own authenticator, the REST APIs' JWT key (never a second one).
     graphql = (
         GraphqlPilot(
@@ -218,6 +217,33 @@ def build_platform(s: StackSettings) -> Platform:
     # Change data capture: after the baseline (roles, schemas), next to the APIs.
     cdc_args = cdc_pipeline_args(s, database.endpoint)
     cdc = CdcPipeline("cdc", cdc_args, opts=after(baseline)) if cdc_args else None
+    # The CDC database set up for the APIs serving its copies: after the copies exist.
+    copy_baseline = (
+        SqlBaseline(
+            "sql-baseline-copies",
+            copy_baseline_args(s, database.endpoint),
+            opts=after(access, *([cdc] if cdc else [])),
+        )
+        if copies
+        else None
+    )
+    apis = {
+        domain: DomainApi(
+            api_resource_name(domain),
+            domain_api_args(
+                s,
+                domain,
+                db_password=access.passwords[AUTHENTICATOR],
+                jwt_secret=jwt_secret,
+                database=copy_host if domain in copies else None,
+            ),
+            opts=after(
+                *access.ready_for(s.schema_of(domain)),
+                *([copy_baseline] if copy_baseline and domain in copies else []),
+            ),
+        )
+        for domain in s.domains
+    }
     return Platform(
         cdc=cdc,
         database=database,

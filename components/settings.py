@@ -416,6 +416,9 @@ class DomainSettings(_Model):
     )
     slo: SloSettings
     tenancy: TenancySettings | None = None
+    # postgres.database (default) or cdc.database: the API then serves the CDC copies from the
+    # read replicas; checked in _copy_database_checks.
+    database: SqlName | None = None
 
 
 class GatewayRef(_Model):
@@ -800,6 +803,19 @@ class StackSettings(_Model):
     def schema_of(self, domain: str) -> str:
         """The schema a domain exposes (defaults to the domain name)."""
         return self.domains[domain].schema_name or domain
+
+    def database_of(self, domain: str) -> str:
+        """The database a domain's API reads (defaults to postgres.database)."""
+        return self.domains[domain].database or self.postgres.database
+
+    def copy_domains(self) -> tuple[str, ...]:
+        """Domains served from the CDC copies in cdc.database (from the read replicas)."""
+        return tuple(
+            name
+            for name in self.domains
+            if self.database_of(name) != self.postgres.database
+            and self.database_of(name) == self.cdc.database
+        )
 
 
 @dataclass(frozen=True)
@@ -1282,6 +1298,7 @@ def _cross_checks(s: StackSettings) -> list[ConfigProblem]:
         + _budget_checks(s)
         + _audit_checks(s)
         + _cdc_checks(s)
+        + _copy_database_checks(s)
     )
 
 
@@ -1363,6 +1380,90 @@ def _cdc_checks(s: StackSettings) -> list[ConfigProblem]:
     return problems
 
 
+def _copy_database_checks(s: StackSettings) -> list[ConfigProblem]:
+    """domains.<d>.database: the app database, or the CDC database read on the replicas."""
+    from components.render.migrations import MIGRATIONS_DIR, MigrationError, read_domain
+
+    problems: list[ConfigProblem] = []
+    allowed = sorted({s.postgres.database, s.cdc.database})
+    published = sorted({name.split(".")[0] for name in s.cdc.tables})
+    for name, domain in s.domains.items():
+        key = f"domains.{name}.database"
+        if domain.database is None or domain.database == s.postgres.database:
+            continue
+        if domain.database != s.cdc.database:
+            problems.append(
+                _problem(
+                    key,
+                    f"one of {allowed} (postgres.database, or cdc.database to serve the CDC "
+                    "copies)",
+                    domain.database,
+                )
+            )
+            continue
+        if not s.cdc.tables:
+            problems.append(
+                _problem(key, "the CDC database holds nothing: cdc.tables lists no table", True)
+            )
+            continue
+        if not domain.read_from_replicas:
+            problems.append(
+                _problem(
+                    f"domains.{name}.readFromReplicas",
+                    f"must be true while domains.{name}.database is the CDC database: "
+                    "replication alone writes the copies, the API reads them on the replicas",
+                    False,
+                )
+            )
+        schema = s.schema_of(name)
+        if schema in published:
+            problems.append(
+                _problem(
+                    key,
+                    f"cdc.tables copies tables of schema {schema!r} into the database that "
+                    "serves it: publish other domains' tables only",
+                    domain.database,
+                )
+            )
+        if s.graphql.enabled and name in s.graphql.schemas:
+            problems.append(
+                _problem(
+                    "graphql.schemas",
+                    f"{name!r} is served from the CDC database, which the GraphQL pilot does "
+                    "not reach: remove it",
+                    name,
+                )
+            )
+        problems += [
+            _problem(
+                f"masking.{column}",
+                f"domain {name!r} is served from the CDC database, where no table of it is "
+                "masked: mask the source table's column in its own domain",
+                column,
+            )
+            for column in s.masking
+            if column.split(".")[0] == schema
+        ]
+        directory = MIGRATIONS_DIR / name
+        try:
+            migrations = read_domain(name, directory) if directory.is_dir() else ()
+        except MigrationError:
+            continue  # _migration_checks reports it
+        for migration in migrations:
+            for other in migration.requires:
+                if other in s.domains and other != name and s.schema_of(other) not in published:
+                    problems.append(
+                        _problem(
+                            key,
+                            f"migrations/{migration.label} requires domain {other!r}, whose "
+                            f"tables the CDC database does not hold: list the ones it reads "
+                            f"in cdc.tables (copied schemas: {published})",
+                            domain.database,
+                        )
+                    )
+    return problems
+
+
 def _pgbouncer_checks(s: StackSettings) -> list[ConfigProblem]:
     """PgBouncer verifies the database certificate only with a CA to verify it against."""
     mode = s.pgbouncer.server_tls_sslmode
@@ -1394,7 +1495,7 @@ def budget_input(s: StackSettings) -> BudgetInput:
 
     A pool's users are the login roles that connect to it: PostgREST (``postgrest``) uses the
     ro pool for domains reading from replicas and the rw pool for the others; the GraphQL pilot
-    (``postgraphile``) uses the rw pool.
+    (``postgraphile``) uses the rw pool. A domain serving the CDC copies bypasses both.
     """
     from components.render.access import AUTHENTICATOR, GRAPHQL_AUTHENTICATOR
     from components.render.budget import ApiClients, BudgetInput, PoolUsers
@@ -1402,14 +1503,21 @@ def budget_input(s: StackSettings) -> BudgetInput:
 
     rw: list[str] = []
     ro: list[str] = []
-    if any(not d.read_from_replicas for d in s.domains.values()):
+    copies = s.copy_domains()
+    pooled = [d for name, d in s.domains.items() if name not in copies]
+    if any(not d.read_from_replicas for d in pooled):
         rw.append(AUTHENTICATOR)
-    if any(d.read_from_replicas for d in s.domains.values()):
+    if any(d.read_from_replicas for d in pooled):
         ro.append(AUTHENTICATOR)
     clients = [
-        # Each PostgREST pod's schema-cache reloader adds one client connection.
+        # Each PostgREST pod's schema-cache reloader adds one client connection. An API serving
+        # the CDC copies connects to the replicas itself (no pooler has its database).
         ApiClients(
-            name=f"domains.{name}", max_replicas=d.replicas.max, db_pool=d.db_pool, pollers=1
+            name=f"domains.{name}",
+            max_replicas=d.replicas.max,
+            db_pool=d.db_pool,
+            pollers=1,
+            direct=name in copies,
         )
         for name, d in s.domains.items()
     ]

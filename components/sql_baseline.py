@@ -16,6 +16,9 @@ Who applies what (docs/database.md, "Superuser-only statements"):
 * The domain migrations (``migrations/<domain>/``): a second Job of the same shape, named by the
   hash of its own bundle, after the baseline Job (it needs the ledger table the baseline
   creates); ``components/render/migrations.py`` says what its script checks and how it applies.
+* The CDC database, where APIs serve the copies (``copies``): the same two Jobs in that
+  database, with the owner-level setup of ``components/render/copy_database.py`` in place of the
+  baseline (no superuser part can run there) and its seal after the migrations.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pulumi
 from components.k8s import KubeObject, meta
 from components.managed_postgres import DatabaseEndpoint
 from components.render import baseline_job as render
+from components.render import copy_database
 from components.render.baseline import (
     APPLY_SCRIPT,
     NO_CACHE_CONTROL,
@@ -70,8 +74,12 @@ class SqlBaselineArgs:
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
     migrations: MigrationPlan | None = None
     """The stack's domain migrations; None: no migrations Job."""
+    copies: copy_database.CopyDatabase | None = None
+    """Set: these Jobs prepare the CDC database for the APIs serving its copies."""
 
     def __post_init__(self) -> None:
+        if self.copies is not None and self.copies.database != self.database:
+            raise ValueError("database: must be copies.database")
         if not self.exposed_schemas:
             raise ValueError("exposed_schemas: at least one schema is exposed by an API")
         if self.sslmode not in render.SSLMODES:
@@ -97,24 +105,40 @@ class SqlBaseline(pulumi.ComponentResource):
         self, name: str, args: SqlBaselineArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("pgplatform:index:SqlBaseline", name, None, opts)
-        bundle = job_bundle(
-            args.exposed_schemas, args.group_roles, args.cache_control, args.tenancy, args.masking
-        )
+        if args.copies is None:
+            bundle = job_bundle(
+                args.exposed_schemas,
+                args.group_roles,
+                args.cache_control,
+                args.tenancy,
+                args.masking,
+            )
+        else:
+            bundle = copy_database.job_bundle(args.copies)
         checksum = bundle_checksum(bundle)
         spec = _resolve(args)
-        config, job = self._sql_job(name, args, spec, bundle, checksum)
+        # The CDC database's Jobs carry their own labels (their NetworkPolicies select them).
+        suffix = "" if args.copies is None else "-copies"
+        config, job = self._sql_job(
+            name, args, spec, bundle, checksum, instance=render.INSTANCE + suffix
+        )
         self.migrations_job_name = None
         if args.migrations is not None and args.migrations.migrations:
             plan = args.migrations
             data = migrations_bundle(plan)
+            command = render.psql_command(MIGRATE_SCRIPT)
+            if args.copies is not None:
+                # No RLS guard there: what the migrations created is sealed in the same Job.
+                data[copy_database.SEAL_FILE] = bundle[copy_database.SEAL_FILE]
+                command = [*command, "-f", f"{render.SQL_DIR}/{copy_database.SEAL_FILE}"]
             _, migrate = self._sql_job(
                 f"{name}-migrations",
                 args,
                 replace(spec, active_deadline_seconds=MIGRATIONS_DEADLINE_SECONDS),
                 data,
                 bundle_checksum(data),
-                instance=render.MIGRATIONS_INSTANCE,
-                script=MIGRATE_SCRIPT,
+                instance=render.MIGRATIONS_INSTANCE + suffix,
+                command=command,
                 application_name=render.MIGRATIONS_APPLICATION,
                 after=[job],
             )
@@ -141,7 +165,7 @@ class SqlBaseline(pulumi.ComponentResource):
         checksum: str,
         *,
         instance: str = render.INSTANCE,
-        script: str = APPLY_SCRIPT,
+        command: list[str] | None = None,
         application_name: str = render.BASELINE_APPLICATION,
         after: tuple[pulumi.Resource, ...] | list[pulumi.Resource] = (),
     ) -> tuple[KubeObject, KubeObject]:
@@ -164,7 +188,7 @@ class SqlBaseline(pulumi.ComponentResource):
                 spec,
                 config_map=config.object_name,
                 bundle_checksum=checksum,
-                command=render.psql_command(script),
+                command=command or render.psql_command(APPLY_SCRIPT),
                 instance=instance,
                 application_name=application_name,
             ),

@@ -9,15 +9,19 @@ without replicas and right after a failover)::
 
     sum pools  pgbouncer replicas x (default_pool_size + reserve_pool_size) x users of the pool
   + pgbouncer replicas x lookup connections (pgbouncer_auth's max_user_connections)
+  + sum direct APIs  max replicas x (connection pool + pollers) per replica
   + reserved connections (superuser, replication, exporters, migrations)
   <= max_connections
 
 PgBouncer keeps one server pool per (pool database, user) pair, so a pool's users are the login
 roles that connect to it: the authenticators, never the API roles they switch to.
 
+A direct API (the one serving the CDC copies, whose database no pool has) connects to the
+replicas itself; counting it on one instance covers the case of a single surviving replica.
+
 Client side::
 
-    sum APIs  max replicas x connection pool per replica  <=  pgbouncer replicas x max_client_conn
+    sum pooled APIs  max replicas x connection pool per replica  <=  pgbouncer replicas x max_client_conn
 
 Every failure names the term, how far over it is and the keys that change it.
 """
@@ -63,6 +67,9 @@ class ApiClients:
     pollers: int = 0
     """Further client connections per replica: PostgREST's schema-cache reloader polls the
     schema version through the same pooler (one short connection at a time)."""
+    direct: bool = False
+    """Connects to PostgreSQL itself, not through PgBouncer (the API serving the CDC copies):
+    its connections count against ``max_connections`` instead of ``max_client_conn``."""
 
     def __post_init__(self) -> None:
         if not _KEY.match(self.name):
@@ -195,6 +202,15 @@ def compute_budget(inp: BudgetInput) -> Budget:
             value=inp.pgbouncer_replicas * inp.lookup_connections,
         )
     )
+    server += [
+        Term(
+            label=f"{c.name} (direct)",
+            formula=f"{c.max_replicas} max replicas x (pool {c.db_pool} + {c.pollers} poller)",
+            value=c.connections,
+        )
+        for c in inp.clients
+        if c.direct
+    ]
     server.append(
         Term(
             label="reserved",
@@ -210,6 +226,7 @@ def compute_budget(inp: BudgetInput) -> Budget:
             value=c.connections,
         )
         for c in inp.clients
+        if not c.direct
     )
     server_terms = tuple(server)
     client_limit = inp.pgbouncer_replicas * inp.max_client_conn

@@ -15,6 +15,10 @@ network reach, routing) is tested without Pulumi. Decisions encoded here:
 * A second sidecar polls the schema version through PgBouncer and makes PostgREST reload its
   schema cache (``SIGUSR1``), since ``NOTIFY pgrst`` cannot pass transaction pooling. It uses the
   PostgreSQL image the baseline Job uses (``psql``; no other tool is needed).
+* An API serving the CDC copies (``DirectDatabase``) reaches the database's read replicas
+  itself instead of PgBouncer: no pool can authenticate there, since PgBouncer's lookup
+  function needs a superuser in every database it serves (docs/database.md). Its pods then
+  reach the database pods instead of the pooler and mount the server's CA when verifying.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Final, Literal
 
 from components.render import pods
 from components.render.checksum import content_checksum
+from components.render.pgbouncer_pool import DatabaseEgress
 from components.render.postgres_cluster import POSTGRES_IMAGE
 from components.render.postgrest import (
     DB_URI_ENV,
@@ -67,6 +72,11 @@ PRESTOP_SLEEP_SECONDS: Final = 5
 """Time for the gateway to drop a terminating endpoint before PostgREST stops accepting."""
 APP_NAME: Final = "postgrest"
 APP_COMPONENT: Final = "api"
+
+DB_CA_DIR: Final = "/etc/postgrest/db-ca"
+DB_CA_KEY: Final = "ca.crt"
+DB_CA_FILE: Final = f"{DB_CA_DIR}/{DB_CA_KEY}"
+"""Where an API connecting to the database itself finds the server's CA (``sslrootcert``)."""
 
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 _K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -146,6 +156,19 @@ class GatewayParent:
                 raise ValueError(f"GatewayParent.proxy_selector: {problem}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class DirectDatabase:
+    """The database an API connects to itself, without PgBouncer (the CDC copies)."""
+
+    egress: DatabaseEgress
+    ca_secret: str | None = None
+    """Secret whose ``ca.crt`` verifies the server (mounted at ``DB_CA_DIR``); None: no CA."""
+
+    def __post_init__(self) -> None:
+        if self.ca_secret is not None and not _K8S_NAME.fullmatch(self.ca_secret):
+            raise ValueError(f"DirectDatabase.ca_secret: not a name, got {self.ca_secret!r}")
+
+
 def gateway_peer(gateway: GatewayParent) -> dict[str, Any]:
     """NetworkPolicy peer of the gateway's proxies: their namespace, and their pods if named."""
     peer = _namespace(gateway.proxy_namespace or gateway.namespace)
@@ -176,6 +199,8 @@ class DomainApiSpec:
         default_factory=lambda: pods.selector_labels("pgbouncer", "pgbouncer")
     )
     pgbouncer_port: int = 5432
+    direct_database: DirectDatabase | None = None
+    """Set for an API serving the CDC copies: it reaches this database, not PgBouncer."""
     dns_namespace: str = "kube-system"
     image: str = POSTGREST_IMAGE
     sidecar_image: str = JWT_RELOADER_IMAGE
@@ -250,6 +275,7 @@ def _postgrest_container(spec: DomainApiSpec, secret_name: str) -> dict[str, Any
         "volumeMounts": [
             {"name": "config", "mountPath": CONF_DIR, "readOnly": True},
             {"name": "jwt-keys", "mountPath": JWT_KEY_DIR, "readOnly": True},
+            *_db_ca_mounts(spec),
         ],
         "resources": spec.resources.to_k8s(),
         "securityContext": pods.container_security_context(spec.uid),
@@ -258,6 +284,26 @@ def _postgrest_container(spec: DomainApiSpec, secret_name: str) -> dict[str, Any
         "readinessProbe": pods.http_probe("/ready", "admin", period=5),
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
     }
+
+
+def _db_ca_mounts(spec: DomainApiSpec) -> list[dict[str, Any]]:
+    direct = spec.direct_database
+    if direct is None or direct.ca_secret is None:
+        return []
+    return [{"name": "db-ca", "mountPath": DB_CA_DIR, "readOnly": True}]
+
+
+def _db_ca_volumes(spec: DomainApiSpec) -> list[dict[str, Any]]:
+    direct = spec.direct_database
+    if direct is None or direct.ca_secret is None:
+        return []
+    items = [{"key": DB_CA_KEY, "path": DB_CA_KEY}]
+    return [
+        {
+            "name": "db-ca",
+            "secret": {"secretName": direct.ca_secret, "items": items, "defaultMode": 0o444},
+        }
+    ]
 
 
 def _reloader_container(spec: DomainApiSpec) -> dict[str, Any]:
@@ -305,6 +351,7 @@ def _schema_reloader_container(
             "requests": {"cpu": "5m", "memory": "16Mi"},
             "limits": {"cpu": "100m", "memory": "64Mi"},
         },
+        **({"volumeMounts": _db_ca_mounts(spec)} if _db_ca_mounts(spec) else {}),
         "securityContext": pods.container_security_context(spec.uid),
         # Ready while it can see the process it signals (shareProcessNamespace works);
         # alive while its client runs.
@@ -352,6 +399,7 @@ def deployment_body(
         volumes=[
             {"name": "config", "configMap": {"name": config_map, "defaultMode": 0o440}},
             _jwt_volume(spec, secret_name),
+            *_db_ca_volumes(spec),
         ],
         uid=spec.uid,
         share_process_namespace=True,
@@ -447,7 +495,19 @@ def _namespace(name: str) -> dict[str, Any]:
 
 def network_policy_body(spec: DomainApiSpec) -> dict[str, Any]:
     """API port from the gateway proxies, admin port from Prometheus (and the synthetic checks'
-    prober); out: PgBouncer, DNS."""
+    prober); out: PgBouncer (or the database itself, for the CDC copies), DNS."""
+    direct = spec.direct_database
+    database = (
+        {
+            "to": [{"podSelector": {"matchLabels": dict(spec.pgbouncer_selector)}}],
+            "ports": [{"protocol": "TCP", "port": spec.pgbouncer_port}],
+        }
+        if direct is None
+        else {
+            "to": [direct.egress.peer()],
+            "ports": [{"protocol": "TCP", "port": direct.egress.port}],
+        }
+    )
     return {
         "spec": {
             "podSelector": {"matchLabels": selector(spec.domain)},
@@ -470,10 +530,7 @@ def network_policy_body(spec: DomainApiSpec) -> dict[str, Any]:
                 },
             ],
             "egress": [
-                {
-                    "to": [{"podSelector": {"matchLabels": dict(spec.pgbouncer_selector)}}],
-                    "ports": [{"protocol": "TCP", "port": spec.pgbouncer_port}],
-                },
+                database,
                 {
                     "to": [
                         {

@@ -129,7 +129,9 @@ def test_committed_stacks_fit(stack: str) -> None:
     # PostgREST is the only pool user besides the GraphQL pilot (rw, where enabled).
     users = {p.pool: p.users for p in inp.pools}
     expected_rw = ("postgrest", "postgraphile") if settings.graphql.enabled else ("postgrest",)
-    assert users == {"app_rw": expected_rw, "app_ro": ("postgrest",)}
+    # Staging's only replica reader serves the CDC copies, without the pooler.
+    expected_ro = ("postgrest",) if stack == "prod" else ()
+    assert users == {"app_rw": expected_rw, "app_ro": expected_ro}
     table = "\n".join(budget_table(budget, inp))
     assert f"of postgres.maxConnections {settings.postgres.max_connections}" in table
     assert re.search(r"domains\.content\s+\d+ max replicas x pool \d+", table)

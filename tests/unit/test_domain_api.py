@@ -98,10 +98,20 @@ def test_conf_is_the_builder_output(
     mocks, settings = run(pulumi_mocks, stack)
     for domain, d in settings.domains.items():
         conf = single(mocks, "ConfigMap", domain)["data"][render.CONF_KEY]
-        assert conf == render_postgrest_conf(inputs.postgrest_conf_input(settings, domain))
-        pool = "app_ro" if d.read_from_replicas else "app_rw"
-        assert f'@pgbouncer.pgplatform.svc.cluster.local:5432/{pool}"' in conf
-        assert (domain == "analytics") == (pool == "app_ro")
+        if domain in settings.copy_domains():
+            # The CDC copies: the analytics database on the Cluster's replicas, no pooler.
+            ro_host = f"postgres-db-ro.{settings.namespace}.svc.cluster.local"
+            host = inputs.DatabaseHost(
+                ro_host=ro_host, port=5432, cluster="postgres-db", ca_secret="postgres-db-ca"
+            )
+            expected = inputs.postgrest_conf_input(settings, domain, host)
+            assert conf == render_postgrest_conf(expected)
+            assert f'@{ro_host}:5432/{settings.cdc.database}?sslmode=' in conf
+        else:
+            assert conf == render_postgrest_conf(inputs.postgrest_conf_input(settings, domain))
+            pool = "app_ro" if d.read_from_replicas else "app_rw"
+            assert f'@pgbouncer.pgplatform.svc.cluster.local:5432/{pool}"' in conf
+            assert (domain == "analytics") == (pool == "app_ro")
         assert ('db-anon-role = "api_anonymous"' in conf) == (stack == "staging")
         assert f'openapi-server-proxy-uri = "{settings.public_base_url}/api/{domain}"' in conf
         assert f'jwt-aud = "{settings.auth.audience}"' in conf
