@@ -21,7 +21,7 @@ replicas itself; counting it on one instance covers the case of a single survivi
 
 Client side::
 
-    sum pooled APIs  max replicas x connection pool per replica  <=  pgbouncer replicas x max_client_conn
+    sum pooled APIs  max replicas x pool per replica  <=  pgbouncer replicas x max_client_conn
 
 Every failure names the term, how far over it is and the keys that change it.
 """

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from components import inputs
+from components.render import copy_database
 from components.render.access import AUTHENTICATOR
 from components.render.budget import compute_budget
 from components.render.domain_api import DB_CA_FILE, network_policy_body
 from components.settings import SettingsError, budget_input, decode_config_value, parse_settings
-from tests.conftest import stack_config
+from tests.conftest import run_program, stack_config
+from tools.mocks import RecordingMocks
 
 pytestmark = pytest.mark.unit
 
@@ -50,12 +53,16 @@ def test_staging_serves_analytics_from_the_copies() -> None:
 def test_a_database_that_is_neither_names_both_allowed() -> None:
     found = problems(with_analytics(database="reports"))
     message = found["pgplatform:domains.analytics.database"]
-    assert "'analytics'" in message and "'app'" in message
+    assert "'analytics'" in message
+    assert "'app'" in message
 
 
 def test_the_copies_are_read_on_the_replicas_only() -> None:
     found = problems(with_analytics(readFromReplicas=False))
-    assert "replication alone writes the copies" in found["pgplatform:domains.analytics.readFromReplicas"]
+    assert (
+        "replication alone writes the copies"
+        in found["pgplatform:domains.analytics.readFromReplicas"]
+    )
 
 
 def test_an_empty_cdc_database_is_refused() -> None:
@@ -67,7 +74,9 @@ def test_an_empty_cdc_database_is_refused() -> None:
 def test_a_migration_reading_an_unpublished_domain_is_refused() -> None:
     raw = with_analytics()
     # analytics' first migration reads content.articles: without its copy, it cannot apply.
-    raw["cdc"]["tables"] = {k: v for k, v in raw["cdc"]["tables"].items() if k.startswith("identity")}
+    raw["cdc"]["tables"] = {
+        k: v for k, v in raw["cdc"]["tables"].items() if k.startswith("identity")
+    }
     message = problems(raw)["pgplatform:domains.analytics.database"]
     assert "analytics/0001_article_stats.sql requires domain 'content'" in message
 
@@ -92,7 +101,8 @@ def test_migrations_split_by_database() -> None:
     s = parse_settings("staging", raw_config("staging"))
     main = inputs.migration_plan(s)
     copies = inputs.copy_migration_plan(s)
-    assert "analytics" not in main.domains and "content" in main.domains
+    assert "analytics" not in main.domains
+    assert "content" in main.domains
     assert copies.domains == ("analytics",)
     assert [m.label for m in copies.migrations] == ["analytics/0001_article_stats.sql"]
 
@@ -145,3 +155,40 @@ def test_its_connections_count_on_the_server_side() -> None:
     # No other domain reads the replicas through the pooler: its ro pool has no user.
     [ro] = [t for t in budget.server_terms if t.label == f"pool {s.postgres.database}_ro"]
     assert ro.value == 0
+
+
+def test_the_copies_are_set_up_after_the_cdc_job_and_before_their_api(
+    pulumi_mocks: Callable[..., RecordingMocks],
+) -> None:
+    mocks = run_program(pulumi_mocks, "staging")
+    by_urn = {r.urn: r for r in mocks.resources}
+    [setup] = [r for r in mocks.resources if r.name == "sql-baseline-copies"]
+    assert any(by_urn[d].name == "cdc" for d in setup.dependencies)
+    jobs = {
+        r.name: r.inputs
+        for r in mocks.kubernetes()
+        if r.type.endswith(":Job") and r.name.startswith("sql-baseline-copies-")
+    }
+    [apply_job] = [body for name, body in jobs.items() if "-migrations-" not in name]
+    [migrate_job] = [body for name, body in jobs.items() if "-migrations-" in name]
+    for body in (apply_job, migrate_job):
+        [container] = body["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PGDATABASE"] == "analytics"
+    # The migrations Job seals what they created in the same session.
+    [container] = migrate_job["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-1].endswith(f"/{copy_database.SEAL_FILE}")
+    [api] = [
+        r
+        for r in mocks.resources
+        if r.type == "pgplatform:index:DomainApi" and r.name.startswith("analytics")
+    ]
+    assert setup.urn in api.dependencies
+    others = [r for r in mocks.resources if r.type == "pgplatform:index:DomainApi" and r is not api]
+    assert others
+    assert all(setup.urn not in r.dependencies for r in others)
+
+
+def test_prod_sets_up_no_cdc_database(pulumi_mocks: Callable[..., RecordingMocks]) -> None:
+    mocks = run_program(pulumi_mocks, "prod")
+    assert not [r for r in mocks.resources if r.name.startswith("sql-baseline-copies")]

@@ -106,7 +106,7 @@ def test_conf_is_the_builder_output(
             )
             expected = inputs.postgrest_conf_input(settings, domain, host)
             assert conf == render_postgrest_conf(expected)
-            assert f'@{ro_host}:5432/{settings.cdc.database}?sslmode=' in conf
+            assert f"@{ro_host}:5432/{settings.cdc.database}?sslmode=" in conf
         else:
             assert conf == render_postgrest_conf(inputs.postgrest_conf_input(settings, domain))
             pool = "app_ro" if d.read_from_replicas else "app_rw"
