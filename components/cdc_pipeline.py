@@ -197,27 +197,21 @@ class CdcPipeline(pulumi.ComponentResource):
         return job.object_name
 
 
-def copy_baseline_args(s: StackSettings, endpoint: DatabaseEndpoint) -> SqlBaselineArgs:
-    """The CDC database prepared for the APIs serving its copies (``domains.<d>.database``)."""
+def copy_database_input(s: StackSettings) -> copy_database.CopyDatabase:
+    """The CDC database as the APIs serving its copies need it (``domains.<d>.database``)."""
     plan = cdc_plan(s)
     domains = s.copy_domains()
     if plan is None or not domains:
         raise ValueError("no domain serves the CDC copies (domains.<name>.database)")
     schemas = tuple(s.schema_of(d) for d in domains)
-    access = inputs.access_plan(s)
-    # Who reaches a served schema reads the copies its views and functions are built on.
-    readers = tuple(
-        dict.fromkeys(g.role for g in access.schema_grants if g.schema in schemas and g.privileges)
-    )
     cache = inputs.cache_control(s)
     tenancy = inputs.tenancy(s)
-    copies = copy_database.CopyDatabase(
+    return copy_database.CopyDatabase(
         database=s.cdc.database,
         schemas=schemas,
         copies=tuple((table.schema, table.name) for table in plan.tables),
-        readers=readers,
         authenticators=(AUTHENTICATOR,),
-        access=access,
+        access=inputs.access_plan(s),
         groups=inputs.group_roles(s),
         cache=CacheControl(rows=tuple(row for row in cache.rows if row[0] in schemas)),
         tenancy=Tenancy(
@@ -225,11 +219,16 @@ def copy_baseline_args(s: StackSettings, endpoint: DatabaseEndpoint) -> SqlBasel
             clients=tenancy.clients,
         ),
     )
+
+
+def copy_baseline_args(s: StackSettings, endpoint: DatabaseEndpoint) -> SqlBaselineArgs:
+    """The Jobs preparing the CDC database, as the admin, through ``endpoint``."""
+    copies = copy_database_input(s)
     return SqlBaselineArgs(
         namespace=s.namespace,
-        database=s.cdc.database,
+        database=copies.database,
         sslmode=s.postgres.sslmode,
-        exposed_schemas=schemas,
+        exposed_schemas=copies.schemas,
         endpoint=endpoint,
         migrations=inputs.copy_migration_plan(s),
         copies=copies,

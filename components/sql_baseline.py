@@ -18,7 +18,7 @@ Who applies what (docs/database.md, "Superuser-only statements"):
   creates); ``components/render/migrations.py`` says what its script checks and how it applies.
 * The CDC database, where APIs serve the copies (``copies``): the same two Jobs in that
   database, with the owner-level setup of ``components/render/copy_database.py`` in place of the
-  baseline (no superuser part can run there) and its seal after the migrations.
+  baseline (no superuser part can run there) and its seal inside each migration's transaction.
 """
 
 from __future__ import annotations
@@ -125,12 +125,10 @@ class SqlBaseline(pulumi.ComponentResource):
         self.migrations_job_name = None
         if args.migrations is not None and args.migrations.migrations:
             plan = args.migrations
-            data = migrations_bundle(plan)
-            command = render.psql_command(MIGRATE_SCRIPT)
-            if args.copies is not None:
-                # No RLS guard there: what the migrations created is sealed in the same Job.
-                data[copy_database.SEAL_FILE] = bundle[copy_database.SEAL_FILE]
-                command = [*command, "-f", f"{render.SQL_DIR}/{copy_database.SEAL_FILE}"]
+            # No RLS guard in the CDC database: each migration's transaction ends with the
+            # seal, so no table it creates is ever committed without row level security.
+            seal = () if args.copies is None else copy_database.seal_statements(args.copies)
+            data = migrations_bundle(plan, after_each=seal)
             _, migrate = self._sql_job(
                 f"{name}-migrations",
                 args,
@@ -138,7 +136,7 @@ class SqlBaseline(pulumi.ComponentResource):
                 data,
                 bundle_checksum(data),
                 instance=render.MIGRATIONS_INSTANCE + suffix,
-                command=command,
+                command=render.psql_command(MIGRATE_SCRIPT),
                 application_name=render.MIGRATIONS_APPLICATION,
                 after=[job],
             )

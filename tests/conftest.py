@@ -48,6 +48,28 @@ def stack_settings(stack: str) -> StackSettings:
     return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
+def api_database(s: StackSettings, domain: str) -> Any:
+    """The database host a domain's API connects to itself (the CDC copies), as the program
+    passes it: CloudNativePG's ``-ro`` Service of the ``postgres`` cluster; None: the pooler."""
+    from components import inputs
+
+    if domain not in s.copy_domains():
+        return None
+    if s.postgres.mode == "external":
+        return inputs.DatabaseHost(
+            ro_host=s.postgres.ro_host or "",
+            port=s.postgres.port,
+            cluster=None,
+            ca_secret=s.postgres.ca_secret,
+        )
+    return inputs.DatabaseHost(
+        ro_host=f"postgres-db-ro.{s.namespace}.svc.cluster.local",
+        port=s.postgres.port,
+        cluster="postgres-db",
+        ca_secret="postgres-db-ca",
+    )
+
+
 def run_program(
     install: Callable[..., recording.RecordingMocks],
     stack: str,

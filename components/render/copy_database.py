@@ -255,7 +255,7 @@ def copy_sql_files(cd: CopyDatabase) -> list[tuple[str, str]]:
 def render_copy_grants_sql(cd: CopyDatabase) -> str:
     """The copies exist; their readers get USAGE and SELECT, nothing else, nobody else."""
     copies = ", ".join(_literal(f"{s}.{t}") for s, t in cd.copies)
-    others = _names((*cd.schemas, *_INTERNAL))
+    others = _names((*cd.schemas, *sorted(_INTERNAL)))
     revoked = _names((*cd.access.api_roles, OWNER))
     readers = ", ".join(cd.readers)
     lines = [

@@ -22,11 +22,12 @@ from typing import Any, Final
 import psycopg
 import pytest
 
-from components import inputs
+from components.cdc_pipeline import copy_database_input
 from components.render import copy_database
 from components.render.access import AUTHENTICATOR
-from components.render.baseline import APPLY_SCRIPT, SCHEMA_SETTING, CacheControl, Tenancy
+from components.render.baseline import APPLY_SCRIPT, SCHEMA_SETTING
 from components.render.migrations import MIGRATIONS_DIR, plan_migrations, write_bundle
+from components.render.migrations import SCRIPT as MIGRATE_SCRIPT
 from components.render.migrations import job_bundle as migrations_bundle
 from tests.conftest import stack_settings
 from tests.integration.cdc_setup import (
@@ -39,7 +40,6 @@ from tests.integration.cdc_setup import (
     start_same_cluster_pipeline,
     wait_for,
     write,
-    write_files,
 )
 from tests.integration.pg import PgCluster, running_cluster
 from tests.integration.test_baseline_sql import AUTHENTICATOR_PASSWORD, DATABASE
@@ -53,26 +53,8 @@ READERS: Final = {"anonymous": ("api_anonymous", ""), "user": ("api_user", "user
 Conn = psycopg.Connection[Any]
 
 
-def staging_copy_database() -> copy_database.CopyDatabase:
-    """The staging stack's copy database: its analytics domain read from the CDC copies."""
-    assert SETTINGS.cdc.database == TARGET
-    cache = inputs.cache_control(SETTINGS)
-    tenancy = inputs.tenancy(SETTINGS)
-    return copy_database.CopyDatabase(
-        database=SETTINGS.cdc.database,
-        schemas=SERVED,
-        copies=tuple((t.schema, t.name) for t in PLAN.tables),
-        authenticators=(AUTHENTICATOR,),
-        access=inputs.access_plan(SETTINGS),
-        groups=inputs.group_roles(SETTINGS),
-        cache=CacheControl(rows=tuple(r for r in cache.rows if r[0] in SERVED)),
-        tenancy=Tenancy(
-            domains=tuple(d for d in tenancy.domains if d[0] in SERVED), clients=tenancy.clients
-        ),
-    )
-
-
-COPY = staging_copy_database()
+COPY = copy_database_input(SETTINGS)
+assert SETTINGS.cdc.database == TARGET
 
 
 @dataclass
@@ -96,12 +78,14 @@ def stack(
 ) -> Iterator[CopyStack]:
     base = tmp_path_factory.mktemp("copydb")
     cdc_files = job_files(base / "cdc")
-    bundle = write_files(base / "copy", copy_database.job_bundle(COPY))
-    plan = plan_migrations(tuple(SETTINGS.domains), only=set(SERVED))
-    sealed = copy_database.seal_statements(COPY)
-    migrate = write_bundle(migrations_bundle(plan, after_each=sealed), base / "migrations")
+    build = rendered_stack("staging")
+    # The two ConfigMaps of the rendered stack, as its Jobs mount them.
+    [bundle] = sorted((build / "files").glob("sql-baseline-copies-sql-*"))
+    [migrations] = sorted((build / "files").glob("sql-baseline-copies-migrations-sql-*"))
+    assert {p.name: p.read_text() for p in bundle.iterdir()} == copy_database.job_bundle(COPY)
+    migrate = migrations / MIGRATE_SCRIPT
     with running_cluster(tls=True, settings={"wal_level": "logical"}) as primary:
-        start_same_cluster_pipeline(primary, rendered_stack("staging"), cdc_files)
+        start_same_cluster_pipeline(primary, build, cdc_files)
         run(primary, bundle / APPLY_SCRIPT)
         run(primary, bundle / APPLY_SCRIPT)
         [(member,)] = rows(primary, f"SELECT pg_has_role('{ADMIN}', 'pgplatform_owner', 'MEMBER')")

@@ -50,14 +50,14 @@ def test_drift_by_hand_is_named(live: tuple[PgCluster, str], build: Path) -> Non
             "CREATE OR REPLACE FUNCTION billing.tenant_total() RETURNS bigint"
             " LANGUAGE sql STABLE SET search_path = '' AS $$ SELECT 0::bigint $$"
         )
-        conn.execute("DELETE FROM platform.migration WHERE domain = 'analytics'")
+        conn.execute("DELETE FROM platform.migration WHERE domain = 'billing'")
     found = {(d.kind, d.object): d for d in drift(build, dsn(cluster, dbname))}
     assert set(found) == {
         ("column", "content.articles.phone"),
         ("policy", "content.articles articles_cms_own"),
         ("grant", "relation content.articles to api_user"),
         ("function", "billing.tenant_total()"),
-        ("migration", "analytics/0001_article_stats.sql"),
+        ("migration", "billing/0001_invoices.sql"),
     }, found
     assert str(found["column", "content.articles.phone"]).startswith(
         "+ column content.articles.phone: not in the migrations (text)"

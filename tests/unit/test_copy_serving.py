@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from components import inputs
+from components.cdc_pipeline import copy_baseline_args
+from components.managed_postgres import DatabaseEndpoint
 from components.render import copy_database
 from components.render.access import AUTHENTICATOR
 from components.render.budget import compute_budget
 from components.render.domain_api import DB_CA_FILE, network_policy_body
+from components.render.migrations import SCRIPT as MIGRATE_SCRIPT
 from components.settings import SettingsError, budget_input, decode_config_value, parse_settings
-from tests.conftest import run_program, stack_config
+from tests.conftest import ROOT, run_program, stack_config
 from tools.mocks import RecordingMocks
 
 pytestmark = pytest.mark.unit
@@ -163,7 +169,7 @@ def test_the_copies_are_set_up_after_the_cdc_job_and_before_their_api(
     mocks = run_program(pulumi_mocks, "staging")
     by_urn = {r.urn: r for r in mocks.resources}
     [setup] = [r for r in mocks.resources if r.name == "sql-baseline-copies"]
-    assert any(by_urn[d].name == "cdc" for d in setup.dependencies)
+    assert any(by_urn[d].name.startswith("cdc-job-") for d in setup.dependencies)
     jobs = {
         r.name: r.inputs
         for r in mocks.kubernetes()
@@ -175,20 +181,68 @@ def test_the_copies_are_set_up_after_the_cdc_job_and_before_their_api(
         [container] = body["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["PGDATABASE"] == "analytics"
-    # The migrations Job seals what they created in the same session.
-    [container] = migrate_job["spec"]["template"]["spec"]["containers"]
-    assert container["command"][-1].endswith(f"/{copy_database.SEAL_FILE}")
+    # Each migration's transaction seals what it created there.
+    configs = {
+        r.name: r.inputs["data"]
+        for r in mocks.kubernetes()
+        if r.type.endswith(":ConfigMap") and r.name.startswith("sql-baseline-copies")
+    }
+    script = configs["sql-baseline-copies-migrations-sql"][MIGRATE_SCRIPT]
+    settings = parse_settings("staging", raw_config("staging"))
+    endpoint = DatabaseEndpoint(
+        rw_host="postgres-db-rw.pgplatform.svc.cluster.local",
+        ro_host=HOST.ro_host,
+        port=5432,
+        ca_secret=HOST.ca_secret,
+        cluster=HOST.cluster,
+        admin_secret="postgres-admin",
+    )
+    plan = copy_baseline_args(settings, endpoint).copies
+    assert plan is not None
+    for statement in copy_database.seal_statements(plan):
+        assert statement in script
+    assert copy_database.SEAL_FILE in configs["sql-baseline-copies-sql"]
     [api] = [
         r
         for r in mocks.resources
         if r.type == "pgplatform:index:DomainApi" and r.name.startswith("analytics")
     ]
-    assert setup.urn in api.dependencies
+    waits = [by_urn[d].name for d in api.dependencies]
+    assert any(n.startswith("sql-baseline-copies-migrations-job-") for n in waits)
     others = [r for r in mocks.resources if r.type == "pgplatform:index:DomainApi" and r is not api]
     assert others
-    assert all(setup.urn not in r.dependencies for r in others)
+    assert not [
+        r.name
+        for r in others
+        for d in r.dependencies
+        if by_urn[d].name.startswith("sql-baseline-copies")
+    ]
 
 
 def test_prod_sets_up_no_cdc_database(pulumi_mocks: Callable[..., RecordingMocks]) -> None:
     mocks = run_program(pulumi_mocks, "prod")
     assert not [r for r in mocks.resources if r.name.startswith("sql-baseline-copies")]
+
+
+def test_the_bundle_is_the_same_in_every_process() -> None:
+    """Its hash names the Job: a bundle varying with set order would re-run it on every up."""
+    code = (
+        "from tests.conftest import stack_settings\n"
+        "from components.cdc_pipeline import copy_database_input\n"
+        "from components.render import copy_database\n"
+        "from components.render.baseline import bundle_checksum\n"
+        "cd = copy_database_input(stack_settings('staging'))\n"
+        "print(bundle_checksum(copy_database.job_bundle(cd)))\n"
+    )
+    sums = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(sums) == 1

@@ -303,9 +303,13 @@ def test_network_policy_selects_exactly_its_pods(
             settings.observability.prometheus_namespace: [{"protocol": "TCP", "port": 3001}],
         }
         egress = policy["egress"]
-        assert egress[0]["to"] == [
-            {"podSelector": {"matchLabels": pods.selector_labels("pgbouncer", "pgbouncer")}}
-        ]
+        # The API serving the CDC copies reaches the database pods; every other the pooler.
+        database = (
+            {"cnpg.io/cluster": "postgres-db"}
+            if domain in settings.copy_domains()
+            else pods.selector_labels("pgbouncer", "pgbouncer")
+        )
+        assert egress[0]["to"] == [{"podSelector": {"matchLabels": database}}]
         assert egress[0]["ports"] == [{"protocol": "TCP", "port": 5432}]
         assert {p["port"] for p in egress[1]["ports"]} == {53}
         assert len(egress) == 2

@@ -12,7 +12,7 @@ from components import inputs
 from components.render import domain_api as render
 from components.render.postgrest import render_postgrest_conf
 from components.settings import decode_config_value, parse_settings
-from tests.conftest import STACKS, stack_config
+from tests.conftest import STACKS, api_database, stack_config
 
 pytestmark = pytest.mark.unit
 
@@ -36,7 +36,9 @@ def test_rendered_conf_files_match_the_builder(
 
     for domain, name in config_maps.items():
         on_disk = (build / "files" / name / render.CONF_KEY).read_text()
-        expected = render_postgrest_conf(inputs.postgrest_conf_input(settings, domain))
+        expected = render_postgrest_conf(
+            inputs.postgrest_conf_input(settings, domain, api_database(settings, domain))
+        )
         assert on_disk == expected, domain
         # The Deployment of the domain mounts exactly this ConfigMap.
         (deployment,) = [

@@ -43,9 +43,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ),
     ("ExternalSecret", r".*-jwks"): frozenset({"spec.secretStoreRef.name"}),
     ("Cluster", r"postgres-cluster"): frozenset({"spec.monitoring.customQueriesConfigMap[*].name"}),
-    ("Job", r"(sql-baseline|sql-baseline-migrations|cdc)-job-[0-9a-f]+"): frozenset(
-        {"spec.template.spec.volumes[*].configMap.name"}
-    ),
+    (
+        "Job",
+        r"(sql-baseline(-copies)?|sql-baseline(-copies)?-migrations|cdc)-job-[0-9a-f]+",
+    ): frozenset({"spec.template.spec.volumes[*].configMap.name"}),
     ("CronJob", r"backups-restore-check"): frozenset(
         {"spec.jobTemplate.spec.template.spec.volumes[*].configMap.name"}
     ),

@@ -17,7 +17,7 @@ from components.render.postgrest import (
     schema_reload_script,
 )
 from components.settings import StackSettings, decode_config_value, parse_settings
-from tests.conftest import STACKS, stack_config
+from tests.conftest import STACKS, api_database, stack_config
 
 pytestmark = pytest.mark.unit
 
@@ -30,8 +30,8 @@ def settings(stack: str) -> StackSettings:
 
 def pod(s: StackSettings, domain: str) -> dict[str, Any]:
     body = render.deployment_body(
-        inputs.domain_api_spec(s, domain),
-        conf=inputs.postgrest_conf_input(s, domain),
+        inputs.domain_api_spec(s, domain, api_database(s, domain)),
+        conf=inputs.postgrest_conf_input(s, domain, api_database(s, domain)),
         config_map="cm",
         service_account="sa",
         secret_name=f"{render.consumer_name(domain)}-secrets",
@@ -46,7 +46,7 @@ def test_every_api_pod_runs_the_schema_reloader(stack: str) -> None:
     s = settings(stack)
     for domain in s.domains:
         spec = pod(s, domain)
-        conf = inputs.postgrest_conf_input(s, domain)
+        conf = inputs.postgrest_conf_input(s, domain, api_database(s, domain))
         (reloader,) = [c for c in spec["containers"] if c["name"] == render.SCHEMA_RELOADER]
         assert reloader["command"] == ["sh", "-c", schema_reload_script((conf.schema,))]
         env = {e["name"]: e for e in reloader["env"]}

@@ -217,7 +217,8 @@ def test_program_wires_the_migrations_job_after_the_baseline(
         "identity.0001_accounts.sql",
         "content.0001_articles.sql",
         "content.0002_cms_client_policy.sql",
-        "analytics.0001_article_stats.sql",
+        # Staging serves analytics from the CDC copies: its migrations run there.
+        *(["analytics.0001_article_stats.sql"] if not settings.copy_domains() else []),
         "billing.0001_invoices.sql",
     }
     pod = migrate.inputs["spec"]["template"]["spec"]
