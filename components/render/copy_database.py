@@ -58,7 +58,7 @@ from components.render.membership_loan import MembershipLoan
 
 COPY_GRANTS_FILE: Final = "095_copy_grants.sql"
 SEAL_FILE: Final = "seal.sql"
-"""Run after the migrations in the copy database (``psql -X -f seal.sql``, as the admin)."""
+"""The seal on its own (``psql -X -f seal.sql``, as the admin), e.g. after a change by hand."""
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _INTERNAL: Final = frozenset({"public", PLATFORM_SCHEMA, AUDIT_SCHEMA, "information_schema"})
@@ -385,7 +385,7 @@ def _closing() -> list[str]:
 
 
 def render_seal_sql(cd: CopyDatabase) -> str:
-    """``seal.sql``: the seal on its own, for the migrations Job of the copy database."""
+    """``seal.sql``: the seal on its own (the migrations Job seals inside each migration)."""
     return "\n".join(
         [
             *_opening(cd, f"Seal of the served schemas of database {cd.database}"),
@@ -406,7 +406,7 @@ def render_apply_script(cd: CopyDatabase) -> str:
             f"\\ir {ACCESS_FILE}",
             *included,
             f"\\ir {COPY_GRANTS_FILE}",
-            "-- The seal (also seal.sql, which the migrations Job runs after the migrations).",
+            "-- The seal (also inside each migration's transaction, and seal.sql on its own).",
             *seal_statements(cd),
             *_closing(),
             f"\\echo copy database {cd.database} applied",

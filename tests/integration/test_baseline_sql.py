@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from components.render.baseline import render_exposed_schemas_sql, stack_sql_files
+from components.render.migrations import MIGRATIONS_DIR
 from components.render.pgbouncer import PgBouncerInput, render_pgbouncer_ini, render_userlist
 from tests.integration.pg import PgCluster, running_cluster
 from tests.integration.pgbouncer import PgBouncerProcess
@@ -396,7 +397,14 @@ def test_accounts_are_private_to_their_subject(authenticator: Conn) -> None:
     assert everyone == [("user-1",), ("user-2",)]
 
 
-def test_analytics_view_applies_the_readers_policies(authenticator: Conn) -> None:
+def test_analytics_view_applies_the_readers_policies(admin: Conn, authenticator: Conn) -> None:
+    """Where the analytics domain lives in the application database (prod), its view reads
+    content.articles with the caller's policies. Staging serves it from the CDC copies, so its
+    migration is applied here by hand, as the schema owner, the way the runner does."""
+    view = MIGRATIONS_DIR / "analytics" / "0001_article_stats.sql"
+    with admin.transaction():
+        admin.execute("SET LOCAL ROLE pgplatform_owner")
+        admin.execute(view.read_text())
     query = "SELECT published FROM analytics.article_stats ORDER BY published"
     assert request(authenticator, "api_user", claims_for("api_user", "user-1"), query) == [(True,)]
     assert request(authenticator, "api_editor", claims_for("api_editor", "e"), query) == [
