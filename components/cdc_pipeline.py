@@ -28,10 +28,9 @@ from components.render.access import AUTHENTICATOR
 from components.render.baseline import CacheControl, Tenancy
 from components.render.checksum import content_checksum
 from components.render.masking import PRIVATE_SUFFIX, masked_columns, masking_rules
-from components.render.pgbouncer_pool import DatabaseEgress
 from components.render.postgres_cluster import CNPG_API_VERSION
 from components.settings import StackSettings
-from components.sql_baseline import SqlBaselineArgs
+from components.sql_baseline import SqlBaselineArgs, admin_connection
 
 APP_NAME = "cdc"
 INSTANCE = "analytics"
@@ -150,16 +149,7 @@ class CdcPipeline(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
-        spec = baseline_job.BaselineJobSpec(
-            namespace=ns,
-            host=endpoint.rw_host,
-            port=endpoint.port,
-            database=args.plan.source_database,
-            sslmode=args.sslmode,
-            admin_secret=endpoint.admin_secret,
-            ca_secret=endpoint.ca_secret if args.sslmode.startswith("verify") else None,
-            egress=DatabaseEgress(port=endpoint.port, cluster=endpoint.cluster),
-        )
+        spec = admin_connection(ns, args.plan.source_database, args.sslmode, endpoint)
         checksum = content_checksum(*(part for item in sorted(files.items()) for part in item))
         job = KubeObject(
             f"{name}-job-{baseline_job.job_suffix(checksum)}",

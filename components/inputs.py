@@ -330,6 +330,8 @@ def domain_api_spec(
         public_host=urlsplit(s.public_base_url).hostname or "",
         prometheus_namespace=s.observability.prometheus_namespace,
         prober_selector=(exporter_selector() if s.observability.synthetic.enabled else None),
+        # Its schema poller runs psql: the server's own image, like the SQL Jobs.
+        schema_poller_image=s.postgres.image,
         direct_database=direct,
     )
 

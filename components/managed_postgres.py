@@ -15,6 +15,7 @@ from components.render.postgres_cluster import (
     CNPG_API_VERSION,
     CUSTOM_QUERIES_KEY,
     OBJECT_STORE_API_VERSION,
+    POSTGRES_IMAGE,
     ClusterInput,
     await_ready_annotations,
     cluster_spec,
@@ -42,6 +43,9 @@ class DatabaseEndpoint:
     """basic-auth Secret of the admin role (synced from Vault)."""
     cdc_secret: str | None = None
     """basic-auth Secret of the change data capture publication role (when configured)."""
+    image: str = POSTGRES_IMAGE
+    """The server's PostgreSQL image (``postgres.image``): the platform's SQL Jobs run its
+    ``psql``, so a stack pulling from a mirror pulls nothing else for them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +65,9 @@ class ManagedPostgresArgs:
     external_ro_host: str | None = None
     admin_password: pulumi.Input[str] | None = None
     external_ca_secret: str | None = None
+    client_image: str = POSTGRES_IMAGE
+    """Mode external: the PostgreSQL image whose ``psql`` the SQL Jobs run (``postgres.image``);
+    mode cnpg takes the Cluster's."""
     bootstrap_sql: str | None = None
     """Mode cnpg: SQL CloudNativePG runs once as superuser in the new application database
     (the superuser part of the platform baseline, docs/database.md)."""
@@ -222,6 +229,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 cluster=cluster_name,
                 admin_secret=admin_secret_name,
                 cdc_secret=cdc_secret,
+                image=args.cluster.image,
             )
         else:
             self.endpoint = DatabaseEndpoint(
@@ -232,6 +240,7 @@ class ManagedPostgres(pulumi.ComponentResource):
                 cluster=None,
                 admin_secret=admin_secret_name,
                 cdc_secret=cdc_secret,
+                image=args.client_image,
             )
         endpoint = self.endpoint
         self.rw_host = pulumi.Output.from_input(endpoint.rw_host)

@@ -87,6 +87,7 @@ def build_platform(s: StackSettings) -> Platform:
             external_rw_host=pg.host,
             external_ro_host=pg.ro_host,
             external_ca_secret=pg.ca_secret,
+            client_image=pg.image,
             # The superuser part of the SQL baseline runs once at cluster creation (SqlBaseline).
             bootstrap_sql=render_bootstrap_sql() if pg.mode == "cnpg" else None,
             cdc_max_slot_wal_keep_size=inputs.cdc_max_slot_wal_keep_size(s),

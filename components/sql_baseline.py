@@ -210,7 +210,8 @@ def _resolve(args: SqlBaselineArgs) -> render.BaselineJobSpec:
 def admin_connection(
     namespace: str, database: str, sslmode: str, endpoint: DatabaseEndpoint
 ) -> render.BaselineJobSpec:
-    """How a pod of ours reaches the read-write endpoint as the admin role (also AuditExport)."""
+    """How a pod of ours reaches the read-write endpoint as the admin role, with the server's
+    own image (the SQL Jobs, the CDC Job, AuditExport, the advisor)."""
     return render.BaselineJobSpec(
         namespace=namespace,
         host=endpoint.rw_host,
@@ -220,4 +221,5 @@ def admin_connection(
         admin_secret=endpoint.admin_secret,
         ca_secret=endpoint.ca_secret if sslmode.startswith("verify") else None,
         egress=DatabaseEgress(port=endpoint.port, cluster=endpoint.cluster),
+        image=endpoint.image,
     )
