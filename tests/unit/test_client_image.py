@@ -23,8 +23,7 @@ def containers(body: Any) -> Iterator[dict[str, Any]]:
     """Every container and init container anywhere in a manifest body."""
     if isinstance(body, dict):
         for key in ("containers", "initContainers"):
-            for container in body.get(key, []) or []:
-                yield container
+            yield from body.get(key, []) or []
         for value in body.values():
             yield from containers(value)
     elif isinstance(body, list):
