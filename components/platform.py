@@ -30,6 +30,7 @@ from components.postgres_advisor import PostgresAdvisor, PostgresAdvisorArgs
 from components.postgres_backups import PostgresBackups, postgres_backups_args
 from components.protection import protection_options, protection_report
 from components.render.access import AUTHENTICATOR, POOLER_LOOKUP
+from components.render.advisor_job import AdvisedDatabase
 from components.render.baseline import render_bootstrap_sql
 from components.render.budget import budget_table, compute_budget
 from components.settings import StackSettings
@@ -199,6 +200,17 @@ def build_platform(s: StackSettings) -> Platform:
                 schedule=s.advisor.schedule,
                 image=inputs.advisor_image(s),
                 endpoint=database.endpoint,
+                # The CDC database, where its served schemas' objects now live.
+                others=(
+                    (
+                        AdvisedDatabase(
+                            database=s.cdc.database,
+                            schemas=tuple(s.schema_of(d) for d in copies),
+                        ),
+                    )
+                    if copies
+                    else ()
+                ),
             ),
             opts=after(baseline),
         )

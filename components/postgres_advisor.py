@@ -28,6 +28,8 @@ class PostgresAdvisorArgs:
     image: str
     endpoint: DatabaseEndpoint
     """Host, port, CA Secret, cluster and admin Secret (ManagedPostgres.endpoint)."""
+    others: tuple[render.AdvisedDatabase, ...] = ()
+    """Further databases and their served schemas (the CDC database serving the copies)."""
 
 
 class PostgresAdvisor(pulumi.ComponentResource):
@@ -44,6 +46,7 @@ class PostgresAdvisor(pulumi.ComponentResource):
             connection=admin_connection(args.namespace, args.database, args.sslmode, args.endpoint),
             schedule=args.schedule,
             image=args.image,
+            others=args.others,
         )
         labels = render.labels()
         child = pulumi.ResourceOptions(parent=self)

@@ -17,6 +17,11 @@ indexes, so it needs membership in the API roles, the statistics of every user a
 privileges: the admin role (the database owner) has all of them, and the Job uses its
 Vault-backed Secret like the baseline Job. Everything runs in one transaction that is rolled
 back, in a session the server keeps read-only (``PGOPTIONS``), so the run changes nothing.
+
+The CDC database, where an API serves the copies (``AdvisedDatabase``), is checked by a second
+container of the same pod: that database has no exposed-schema registry (a superuser file makes
+it), so its served schemas are named with ``--schema`` and the copies beside them stay out of
+the checks. Either container's error-level finding fails the pod, hence the Job.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,6 +53,7 @@ READ_ONLY_OPTIONS: Final = "-c default_transaction_read_only=on"
 PACKAGES: Final = ("psycopg[binary]", "pglast")
 """What the image installs with pip, pinned in the Dockerfile."""
 
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.\[\]-]+)==(?P<version>[A-Za-z0-9_.+-]+)$")
 
 
@@ -100,6 +106,21 @@ def default_reference(repository: str = DEFAULT_REPOSITORY) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdvisedDatabase:
+    """A further database the run checks, and the schemas an API serves there."""
+
+    database: str
+    schemas: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for name in (self.database, *self.schemas):
+            if not _IDENT.fullmatch(name):
+                raise ValueError(f"AdvisedDatabase: {name!r} is not a SQL name")
+        if not self.schemas:
+            raise ValueError("AdvisedDatabase.schemas: at least one served schema")
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdvisorJobInput:
     """The scheduled advisor run of one stack."""
 
@@ -107,6 +128,8 @@ class AdvisorJobInput:
     """How the pod reaches the read-write endpoint as the admin role (``admin_connection``)."""
     schedule: str
     image: str
+    others: tuple[AdvisedDatabase, ...] = ()
+    """Databases checked besides the connection's (the CDC database serving the copies)."""
     timeout_seconds: int = 900
     uid: int = pods.DEFAULT_UID
 
@@ -122,9 +145,22 @@ class AdvisorJobInput:
             raise ValueError(f"timeout_seconds: 60..21600, got {self.timeout_seconds}")
 
 
-def advisor_command() -> list[str]:
-    """The container's command: libpq's environment names the database (``--dsn ''``)."""
-    return ["python", "-m", "tools.advisor", "--dsn", "", "--json", "-", "--fail-on", FAIL_ON]
+def advisor_command(schemas: tuple[str, ...] = ()) -> list[str]:
+    """The container's command: libpq's environment names the database (``--dsn ''``);
+    ``schemas``: the ones to check (default: the database's exposed-schema registry)."""
+    named = [f"--schema={schema}" for schema in schemas]
+    return [
+        "python",
+        "-m",
+        "tools.advisor",
+        "--dsn",
+        "",
+        *named,
+        "--json",
+        "-",
+        "--fail-on",
+        FAIL_ON,
+    ]
 
 
 def labels() -> dict[str, str]:
@@ -143,27 +179,39 @@ def cronjob_spec(inp: AdvisorJobInput) -> dict[str, Any]:
     reports' logs readable.
     """
     mounts, volumes = baseline_job.ca_mount(inp.connection)
-    container: dict[str, Any] = {
-        "name": "advisor",
-        "image": inp.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": advisor_command(),
-        "env": [
-            *baseline_job.psql_environment(inp.connection, application="pgplatform-advisor"),
-            # It runs as the admin: a read-only session makes "changes nothing" the server's
-            # guarantee, not only the advisor's rollback (every check runs read-only).
-            {"name": "PGOPTIONS", "value": READ_ONLY_OPTIONS},
-        ],
-        "resources": {
-            "requests": {"cpu": "50m", "memory": "128Mi"},
-            "limits": {"cpu": "500m", "memory": "256Mi"},
-        },
-        "securityContext": pods.container_security_context(inp.uid),
-    }
-    if mounts:
-        container["volumeMounts"] = mounts
+
+    def container(name: str, database: str, schemas: tuple[str, ...]) -> dict[str, Any]:
+        connection = replace(inp.connection, database=database)
+        body: dict[str, Any] = {
+            "name": name,
+            "image": inp.image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": advisor_command(schemas),
+            "env": [
+                *baseline_job.psql_environment(connection, application="pgplatform-advisor"),
+                # It runs as the admin: a read-only session makes "changes nothing" the server's
+                # guarantee, not only the advisor's rollback (every check runs read-only).
+                {"name": "PGOPTIONS", "value": READ_ONLY_OPTIONS},
+            ],
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "128Mi"},
+                "limits": {"cpu": "500m", "memory": "256Mi"},
+            },
+            "securityContext": pods.container_security_context(inp.uid),
+        }
+        if mounts:
+            body["volumeMounts"] = mounts
+        return body
+
+    containers = [
+        container("advisor", inp.connection.database, ()),
+        *(
+            container(f"advisor-{other.database.replace('_', '-')}", other.database, other.schemas)
+            for other in inp.others
+        ),
+    ]
     pod_spec = pods.hardened_pod_spec(
-        containers=[container], selector=selector(), volumes=volumes, uid=inp.uid
+        containers=containers, selector=selector(), volumes=volumes, uid=inp.uid
     )
     # One pod at a time and nothing to spread: a Job is not a replicated service.
     pod_spec.pop("topologySpreadConstraints", None)

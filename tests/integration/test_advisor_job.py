@@ -64,23 +64,34 @@ def platform_database(r: Rendered, cluster: PgCluster, name: str) -> None:
     cluster.apply_sql(name, [(p.name, p.read_text()) for p in sorted(FIXTURES.glob("*.sql"))])
 
 
-def advisor_container(build: Path) -> dict[str, Any]:
+def advisor_container(build: Path, name: str = "advisor") -> dict[str, Any]:
     manifest = yaml.safe_load((build / "manifests" / f"cronjob_{CRONJOB_NAME}.yaml").read_text())
-    (container,) = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    containers = manifest["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == name]
     return dict(container)
 
 
-def run_cronjob(r: Rendered, cluster: PgCluster, database: str) -> subprocess.CompletedProcess[str]:
-    """The CronJob's container command with its environment and the admin's credentials."""
-    container = advisor_container(r.build)
+def run_cronjob(
+    build: Path,
+    cluster: PgCluster,
+    database: str | None = None,
+    *,
+    container_name: str = "advisor",
+    admin: tuple[str, str] = (ADMIN, ADMIN_PASSWORD),
+) -> subprocess.CompletedProcess[str]:
+    """A container of the CronJob: its command with its environment (its database unless
+    ``database`` names another) and the admin's credentials."""
+    container = advisor_container(build, container_name)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cluster.base)}
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = item["value"]
         else:
             key = item["valueFrom"]["secretKeyRef"]["key"]
-            env[item["name"]] = {"username": ADMIN, "password": ADMIN_PASSWORD}[key]
-    env |= {"PGHOST": cluster.host, "PGPORT": str(cluster.port), "PGDATABASE": database}
+            env[item["name"]] = {"username": admin[0], "password": admin[1]}[key]
+    env |= {"PGHOST": cluster.host, "PGPORT": str(cluster.port)}
+    if database is not None:
+        env["PGDATABASE"] = database
     command = container["command"]
     assert command[0] == "python"
     return subprocess.run(
@@ -102,7 +113,7 @@ def totals_line(stderr: str) -> str:
 def test_the_platform_schemas_pass(staging: tuple[Rendered, PgCluster]) -> None:
     r, cluster = staging
     platform_database(r, cluster, "app")
-    result = run_cronjob(r, cluster, "app")
+    result = run_cronjob(r.build, cluster, "app")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [f for f in report["findings"] if f["severity"] == "error"] == []
@@ -124,7 +135,7 @@ def test_a_policy_letting_any_row_in_fails_the_job(staging: tuple[Rendered, PgCl
         conn.execute(
             "CREATE POLICY drafts_write ON content.drafts FOR INSERT TO api_user WITH CHECK (true)"
         )
-    result = run_cronjob(r, cluster, "app_planted")
+    result = run_cronjob(r.build, cluster, "app_planted")
     assert result.returncode == 1, result.stdout + result.stderr
     report = json.loads(result.stdout)
     errors = {(f["check"], f["object"]) for f in report["findings"] if f["severity"] == "error"}
@@ -135,7 +146,7 @@ def test_a_policy_letting_any_row_in_fails_the_job(staging: tuple[Rendered, PgCl
 
 def test_an_unreachable_database_fails_the_job(staging: tuple[Rendered, PgCluster]) -> None:
     r, cluster = staging
-    result = run_cronjob(r, cluster, "no_such_database")
+    result = run_cronjob(r.build, cluster, "no_such_database")
     assert result.returncode == 2
     assert result.stdout == ""
     assert "advisor: cannot connect" in result.stderr

@@ -12,6 +12,7 @@ transaction.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from components.render.migrations import job_bundle as migrations_bundle
 from tests.conftest import stack_settings
 from tests.integration.cdc_setup import (
     ADMIN,
+    ADMIN_PASSWORD,
     PLAN,
     TARGET,
     job_files,
@@ -42,6 +44,7 @@ from tests.integration.cdc_setup import (
     write,
 )
 from tests.integration.pg import PgCluster, running_cluster
+from tests.integration.test_advisor_job import run_cronjob
 from tests.integration.test_baseline_sql import AUTHENTICATOR_PASSWORD, DATABASE
 from tests.integration.test_security_model import claims, request
 
@@ -286,3 +289,20 @@ def test_applying_again_changes_no_privilege(stack: CopyStack) -> None:
     before = rows(stack.primary, acl)
     run(stack.primary, stack.bundle / APPLY_SCRIPT)
     assert rows(stack.primary, acl) == before
+
+
+def test_the_advisor_finds_nothing_in_the_served_schema(
+    stack: CopyStack, rendered_stack: Callable[[str], Path]
+) -> None:
+    """The CronJob's second container, as rendered, on the copy database: clean, and only the
+    served schema is checked (the copies beside it have no RLS by design)."""
+    result = run_cronjob(
+        rendered_stack("staging"),
+        stack.primary,
+        container_name="advisor-analytics",
+        admin=(ADMIN, ADMIN_PASSWORD),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["schemas"] == list(SERVED)
+    assert [f for f in report["findings"] if f["severity"] == "error"] == []

@@ -220,9 +220,17 @@ def test_staging_runs_the_image_of_this_tree_weekly(programs: dict[str, Any]) ->
     mocks, _ = programs["staging"]
     (cronjob,) = cronjobs(mocks)
     assert cronjob["spec"]["schedule"] == "0 5 * * 1"
-    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-    assert container["image"] == aj.default_reference()
+    containers = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert {c["image"] for c in containers} == {aj.default_reference()}
     assert "PostgresAdvisorFindings" in alert_names(mocks)
+    # Staging serves analytics from the CDC database: a second container checks it there.
+    by_name = {c["name"]: c for c in containers}
+    assert set(by_name) == {"advisor", "advisor-analytics"}
+    env = {name: {e["name"]: e.get("value") for e in c["env"]} for name, c in by_name.items()}
+    assert env["advisor"]["PGDATABASE"] == "app"
+    assert env["advisor-analytics"]["PGDATABASE"] == "analytics"
+    assert by_name["advisor"]["command"] == aj.advisor_command()
+    assert "--schema=analytics" in by_name["advisor-analytics"]["command"]
 
 
 def test_prod_runs_the_pushed_image_once_enabled(programs: dict[str, Any]) -> None:
@@ -265,3 +273,18 @@ def test_bad_advisor_settings_name_the_key(value: dict[str, Any], key: str, hint
     with pytest.raises(SettingsError, match=rf"pgplatform:advisor\.{key}: ") as caught:
         settings_of("staging", config, secrets)
     assert hint in str(caught.value)
+
+
+def test_a_further_database_gets_its_own_container_with_its_schemas() -> None:
+    other = aj.AdvisedDatabase(database="analytics_copy", schemas=("analytics", "reports"))
+    pod = aj.cronjob_spec(job_input(others=(other,)))["jobTemplate"]["spec"]["template"]["spec"]
+    first, second = pod["containers"]
+    assert second["name"] == "advisor-analytics-copy"
+    assert second["command"] == aj.advisor_command(("analytics", "reports"))
+    assert "--schema=reports" in second["command"]
+    env = {e["name"]: e.get("value") for e in second["env"]}
+    assert env["PGDATABASE"] == "analytics_copy"
+    assert env["PGOPTIONS"] == aj.READ_ONLY_OPTIONS
+    assert {e["name"]: e.get("value") for e in first["env"]}["PGDATABASE"] == "app"
+    with pytest.raises(ValueError, match="at least one served schema"):
+        aj.AdvisedDatabase(database="analytics", schemas=())
