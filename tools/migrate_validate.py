@@ -3,8 +3,10 @@
 Per rendered stack (``build/<stack>/``; one server each, roles being cluster-wide): an empty
 database gets the platform bundle, then the migrations Job's script; a second run must apply
 nothing and leave the catalog as it was; every table of an exposed schema must have row-level
-security forced and at least one policy, and every policy must name its roles. A directory
-under ``migrations/`` that no stack applies is reported too. Exit status 1 lists every problem.
+security forced and at least one policy, and every policy must name its roles. A stack that
+serves the CDC copies gets its CDC database built next to it (``tools.migrate_db``) and its
+migrations run there twice too. A directory under ``migrations/`` that no stack applies is
+reported too. Exit status 1 lists every problem.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from components.render.catalog import CATALOG_SQL, LEDGER_SQL, VALIDATE_SQL, dif
 from components.render.migrations import MIGRATIONS_DIR, available_domains
 from tests.integration.pg import PgCluster, running_cluster
 from tools.migrate_db import (
+    COPIES_MIGRATIONS_GLOB,
+    MIGRATIONS_CONFIGMAP_GLOB,
+    build_copy_database,
+    copy_database,
     platform_bundle,
     rendered_migrations,
     run_migrations,
@@ -54,14 +60,40 @@ def validate_build(cluster: PgCluster, build: Path) -> list[str]:
         after = snapshot(conn)
         problems += [str(row[0]) for row in conn.execute(VALIDATE_SQL).fetchall()]
     problems += [f"changed by the second run: {d}" for d in diff(before, after)]
-    return problems
+    return problems + validate_copies(cluster, build)
+
+
+def validate_copies(cluster: PgCluster, build: Path) -> list[str]:
+    """The CDC database's migrations: they apply after the copy setup, and again as a no-op.
+    (Row-level security there is the copy setup's seal, proven by its own tests.)"""
+    if copy_database(build) is None:
+        return []
+    try:
+        dbname = build_copy_database(cluster, build)
+    except RuntimeError as error:
+        return [f"the CDC database's setup or migrations do not apply: {error}"]
+    with cluster.connect(dbname) as conn:
+        before = snapshot(conn)
+    second = run_migrations(cluster, dbname, rendered_migrations(build, COPIES_MIGRATIONS_GLOB))
+    problems = []
+    if second.returncode != 0 or "applying" in second.stdout:
+        problems.append(f"{dbname}: a second run is not a no-op:\n{second.stdout}{second.stderr}")
+    with cluster.connect(dbname) as conn:
+        after = snapshot(conn)
+    return problems + [f"{dbname}: changed by the second run: {d}" for d in diff(before, after)]
+
+
+def migration_files(build: Path) -> list[Path]:
+    """Every migration the stack's Jobs apply, in either database."""
+    globs = [MIGRATIONS_CONFIGMAP_GLOB] + ([COPIES_MIGRATIONS_GLOB] if copy_database(build) else [])
+    return [p for glob in globs for p in rendered_migrations(build, glob).glob("*.sql")]
 
 
 def unused_domains(builds: Sequence[Path]) -> list[str]:
     """Migration directories no rendered stack applies (a typo, or a domain removed)."""
     applied: set[str] = set()
     for build in builds:
-        applied |= {p.name.split(".", 1)[0] for p in rendered_migrations(build).glob("*.sql")}
+        applied |= {p.name.split(".", 1)[0] for p in migration_files(build)}
     return [
         f"migrations/{d}/: no stack configures domain {d!r}"
         for d in available_domains(MIGRATIONS_DIR)
@@ -80,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for stack, build in zip(stacks, builds, strict=True):
         with running_cluster() as cluster:
             problems = validate_build(cluster, build)
-        count = len(list(rendered_migrations(build).glob("*.sql")))
+        count = len(migration_files(build))
         status = "ok" if not problems else f"{len(problems)} problem(s)"
         print(f"migrate-validate {stack}: {count} migration(s), applied twice: {status}")
         for problem in problems:

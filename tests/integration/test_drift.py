@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.pg import PgCluster, running_cluster
 from tools.drift import drift, main
-from tools.migrate_db import build_stack_database, stack_database
+from tools.migrate_db import build_copy_database, build_stack_database, stack_database
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +83,21 @@ def test_the_cli_prints_the_differences_and_fails(
     assert code == 1
     assert "+ column content.articles.by_hand: not in the migrations (integer)" in out
     assert "difference(s)" in out
+
+
+def test_drift_in_the_cdc_database_is_named(live: tuple[PgCluster, str], build: Path) -> None:
+    """Staging serves analytics from the CDC copies: that database is compared on its own."""
+    cluster, _ = live
+    copies = build_copy_database(cluster, build)
+    assert drift(build, dsn(cluster, copies), copies=True) == [], "built like the render"
+    with cluster.connect(copies) as conn:
+        conn.execute("GRANT SELECT ON content.articles TO api_service_cms")
+        conn.execute("CREATE VIEW analytics.by_hand AS SELECT 1 AS one")
+        conn.execute("DELETE FROM platform.migration WHERE domain = 'analytics'")
+    found = {(d.kind, d.object) for d in drift(build, dsn(cluster, copies), copies=True)}
+    assert found == {
+        ("grant", "relation content.articles to api_service_cms"),
+        ("relation", "analytics.by_hand"),
+        ("column", "analytics.by_hand.one"),
+        ("migration", "analytics/0001_article_stats.sql"),
+    }, found

@@ -13,10 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from components.cdc_pipeline import copy_database_input
 from components.render.catalog import VALIDATE_SQL
+from components.render.copy_database import seal_statements
 from components.render.migrations import MIGRATIONS_DIR, job_bundle, plan_migrations, write_bundle
+from tests.conftest import stack_settings
 from tests.integration.pg import PgCluster, running_cluster
 from tools.migrate_db import (
+    COPIES_MIGRATIONS_GLOB,
     MIGRATIONS_CONFIGMAP_GLOB,
     build_stack_database,
     rendered_migrations,
@@ -130,3 +134,28 @@ def test_a_migration_that_does_not_apply_is_reported(
     (problem,) = validate_build(cluster, build)
     assert problem.startswith("the migrations do not apply")
     assert "identity.0002_typo.sql" in problem
+
+
+def test_an_analytics_view_reading_an_uncopied_column_is_named(
+    cluster: PgCluster, rendered_stack: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Staging's analytics migrations run in the CDC database, where only the copied columns
+    exist: a view on a column the publication leaves out applies at home but not there."""
+    build = tmp_path / "build"
+    shutil.copytree(rendered_stack("staging"), build)
+    bundle_dir = rendered_migrations(build, COPIES_MIGRATIONS_GLOB)
+    shutil.rmtree(bundle_dir)
+    root = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, root)
+    (root / "analytics" / "0002_authors.sql").write_text(
+        "-- requires: content\n"
+        "CREATE VIEW analytics.authors WITH (security_invoker = true) AS\n"
+        "SELECT DISTINCT a.author_sub FROM content.articles a;\n"
+    )
+    settings = stack_settings("staging")
+    plan = plan_migrations(tuple(settings.domains), root, only=settings.copy_domains())
+    seal = seal_statements(copy_database_input(settings))
+    write_bundle(job_bundle(plan, after_each=seal), bundle_dir)
+    [problem] = validate_build(cluster, build)
+    assert problem.startswith("the CDC database's setup or migrations do not apply")
+    assert "column a.author_sub does not exist" in problem
