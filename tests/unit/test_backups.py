@@ -16,23 +16,16 @@ from components.render.alerts import default_thresholds, render_prometheus_rules
 from components.render.metrics_catalog import TargetNaming
 from components.settings import (
     SettingsError,
-    StackSettings,
     decode_config_value,
     parse_settings,
 )
-from tests.conftest import run_program, stack_config
+from tests.conftest import run_program, stack_config, stack_settings
 from tests.crd_schema import load_crd_validator
 from tools.mocks import RecordingMocks, redact
 
 pytestmark = pytest.mark.unit
 
 K8S_VERSION = "1.33.0"
-
-
-def settings_of(stack: str) -> StackSettings:
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
 def of_kind(mocks: RecordingMocks, kind: str) -> list[dict[str, Any]]:
@@ -69,7 +62,7 @@ def prod_with(pulumi_mocks: Callable[..., RecordingMocks], **keys: str) -> Recor
 
 
 def test_prod_archives_through_the_barman_cloud_plugin(prod: RecordingMocks) -> None:
-    s = settings_of("prod")
+    s = stack_settings("prod")
     (cluster,) = of_kind(prod, "Cluster")
     (store,) = of_kind(prod, "ObjectStore")
     assert "-standard-" in cluster["spec"]["imageName"]
@@ -326,7 +319,7 @@ def test_the_job_creates_exactly_the_cluster_the_policy_allows(prod: RecordingMo
 
 
 def test_cronjob_is_what_the_alerts_watch(prod: RecordingMocks) -> None:
-    s = settings_of("prod")
+    s = stack_settings("prod")
     (cronjob,) = of_kind(prod, "CronJob")
     name = TargetNaming().restore_check_cronjob.format(cluster=inputs.CLUSTER_NAME)
     assert cronjob["metadata"]["name"] == name
@@ -465,7 +458,7 @@ def test_object_store_input_names_the_bad_field(overrides: dict[str, Any], field
 
 
 def test_recovery_needs_an_object_store() -> None:
-    s = settings_of("staging")
+    s = stack_settings("staging")
     with pytest.raises(ValueError, match="backup"):
         cluster_render.recovery_cluster_spec(
             inputs.cluster_input(s, admin_secret="x"), source_cluster="postgres-db"
@@ -474,7 +467,7 @@ def test_recovery_needs_an_object_store() -> None:
 
 def test_cluster_input_refuses_in_core_backups_on_an_image_without_barman() -> None:
     """The builder's own guard, for callers that bypass the settings."""
-    s = settings_of("prod")
+    s = stack_settings("prod")
     store = inputs.backup_store(s)
     assert store is not None
     with pytest.raises(ValueError, match=r"backup\.method: .*'standard' flavour"):

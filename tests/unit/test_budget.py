@@ -16,8 +16,8 @@ from components.render.budget import (
     budget_table,
     compute_budget,
 )
-from components.settings import SettingsError, decode_config_value, parse_settings
-from tests.conftest import STACKS, stack_config
+from components.settings import SettingsError, parse_settings
+from tests.conftest import STACKS, stack_settings
 
 pytestmark = pytest.mark.unit
 
@@ -44,12 +44,6 @@ def budget_input(**changes: Any) -> BudgetInput:
     }
     values.update(changes)
     return BudgetInput(**values)
-
-
-def committed(stack: str) -> Any:
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
 def test_server_side_is_pools_lookups_and_reserved() -> None:
@@ -121,7 +115,7 @@ def test_api_and_pool_inputs_are_checked() -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_committed_stacks_fit(stack: str) -> None:
-    settings = committed(stack)
+    settings = stack_settings(stack)
     inp = inputs.budget_input(settings)
     budget = compute_budget(inp)
     assert budget.problems == ()

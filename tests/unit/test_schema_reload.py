@@ -16,16 +16,10 @@ from components.render.postgrest import (
     render_postgrest_conf,
     schema_reload_script,
 )
-from components.settings import StackSettings, decode_config_value, parse_settings
-from tests.conftest import STACKS, api_database, stack_config
+from components.settings import StackSettings
+from tests.conftest import STACKS, api_database, stack_settings
 
 pytestmark = pytest.mark.unit
-
-
-def settings(stack: str) -> StackSettings:
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
 def pod(s: StackSettings, domain: str) -> dict[str, Any]:
@@ -43,7 +37,7 @@ def pod(s: StackSettings, domain: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_api_pod_runs_the_schema_reloader(stack: str) -> None:
-    s = settings(stack)
+    s = stack_settings(stack)
     for domain in s.domains:
         spec = pod(s, domain)
         conf = inputs.postgrest_conf_input(s, domain, api_database(s, domain))
@@ -85,7 +79,7 @@ def test_script_refuses_bad_schemas(schemas: tuple[str, ...], message: str) -> N
 
 
 def test_poll_interval_is_bounded() -> None:
-    s = settings("staging")
+    s = stack_settings("staging")
     spec = inputs.domain_api_spec(s, "identity")
     import dataclasses
 
@@ -96,7 +90,7 @@ def test_poll_interval_is_bounded() -> None:
 @pytest.mark.parametrize("stack", STACKS)
 def test_connection_budget_counts_the_reloader(stack: str) -> None:
     """Each PostgREST pod's poller is one more client of PgBouncer at full scale."""
-    s = settings(stack)
+    s = stack_settings(stack)
     clients = {c.name: c for c in inputs.budget_input(s).clients}
     for name, domain in s.domains.items():
         assert clients[f"domains.{name}"].connections == domain.replicas.max * (domain.db_pool + 1)

@@ -20,8 +20,7 @@ from components.render.baseline import (
 )
 from components.render.migrations import job_bundle as migrations_bundle
 from components.render.pgbouncer_pool import DatabaseEgress
-from components.settings import decode_config_value, parse_settings
-from tests.conftest import STACKS, run_program, stack_config
+from tests.conftest import STACKS, run_program, stack_config, stack_settings
 from tools.mocks import RecordingMocks
 
 pytestmark = pytest.mark.unit
@@ -120,9 +119,7 @@ def test_program_wires_bootstrap_and_job(
     pulumi_mocks: Callable[..., RecordingMocks], stack: str
 ) -> None:
     mocks = run_program(pulumi_mocks, stack)
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
+    settings = stack_settings(stack)
     bundle = job_bundle(
         inputs.exposed_schemas(settings),
         inputs.group_roles(settings),
@@ -197,9 +194,7 @@ def test_program_wires_the_migrations_job_after_the_baseline(
 ) -> None:
     """One Job per stack named by its bundle's hash, same shape as the baseline's, after it."""
     mocks = run_program(pulumi_mocks, stack)
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    settings = parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
+    settings = stack_settings(stack)
     bundle = migrations_bundle(inputs.migration_plan(settings))
     checksum = bundle_checksum(bundle)
     jobs = {r.name: r for r in mocks.by_type("kubernetes:batch/v1:Job")}

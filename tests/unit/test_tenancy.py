@@ -15,8 +15,8 @@ from components.render.baseline import (
     job_bundle,
     render_tenancy_sql,
 )
-from components.settings import decode_config_value, parse_settings
-from tests.conftest import stack_config
+from components.settings import parse_settings
+from tests.conftest import stack_settings
 from tests.unit.test_settings import _STAGING, _problems
 
 pytestmark = pytest.mark.unit
@@ -27,12 +27,6 @@ _TENANTED["services"] += [
     {"name": "ingest", "schemas": ["billing"], "access": "write", "tenant": "acme"},
     {"name": "support", "schemas": ["billing"], "crossTenant": True},
 ]
-
-
-def _committed(stack: str) -> Any:
-    config, secrets = stack_config(stack)
-    raw = {k.split(":", 1)[1]: decode_config_value(v) for k, v in config.items()}
-    return parse_settings(stack, raw, [s.split(":", 1)[1] for s in secrets])
 
 
 def test_tenancy_reaches_the_sql_baseline() -> None:
@@ -66,8 +60,8 @@ def test_a_domain_schema_other_than_its_name_is_what_the_row_names() -> None:
 
 
 def test_committed_stacks_render_their_tenancy() -> None:
-    staging = job_bundle(*_bundle_inputs(_committed("staging")))[TENANCY_FILE]
-    prod = job_bundle(*_bundle_inputs(_committed("prod")))[TENANCY_FILE]
+    staging = job_bundle(*_bundle_inputs(stack_settings("staging")))[TENANCY_FILE]
+    prod = job_bundle(*_bundle_inputs(stack_settings("prod")))[TENANCY_FILE]
     assert "('billing', 'tenant_id', true)" in staging
     assert "('api_service_ingest', 'acme', false)" in staging
     assert "('api_service_support', NULL, true)" in staging
