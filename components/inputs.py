@@ -6,7 +6,7 @@ the offline renderer, the components and the tests derive identical inputs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from components.render.access import (
@@ -229,6 +229,19 @@ def domain_public_url(s: StackSettings, domain: str) -> str:
     return f"{s.public_base_url}{route_prefix(domain)}"
 
 
+def direct_database(
+    s: StackSettings, domain: str, database: DatabaseHost | None
+) -> DatabaseHost | None:
+    """Where ``domain``'s API connects itself (None: through PgBouncer), its CA kept only when
+    ``postgres.sslmode`` verifies the server."""
+    if domain not in s.copy_domains():
+        return None
+    if database is None:
+        raise ValueError(f"database: domain {domain!r} serves the CDC copies, name its host")
+    verify = s.postgres.sslmode in ("verify-ca", "verify-full")
+    return replace(database, ca_secret=database.ca_secret if verify else None)
+
+
 def postgrest_conf_input(
     s: StackSettings, domain: str, database: DatabaseHost | None = None
 ) -> PostgrestConfInput:
@@ -242,16 +255,14 @@ def postgrest_conf_input(
 
     d = s.domains[domain]
     pool = s.postgres.database + (RO_SUFFIX if d.read_from_replicas else RW_SUFFIX)
-    if domain in s.copy_domains():
-        if database is None:
-            raise ValueError(f"database: domain {domain!r} serves the CDC copies, name its host")
-        verify = s.postgres.sslmode in ("verify-ca", "verify-full") and database.ca_secret
+    direct = direct_database(s, domain, database)
+    if direct is not None:
         target: dict[str, Any] = {
-            "db_host": database.ro_host,
-            "db_port": database.port,
+            "db_host": direct.ro_host,
+            "db_port": direct.port,
             "db_name": s.cdc.database,
             "db_sslmode": s.postgres.sslmode,
-            "db_sslrootcert": DB_CA_FILE if verify else None,
+            "db_sslrootcert": DB_CA_FILE if direct.ca_secret else None,
         }
     else:
         target = {"db_host": pgbouncer_host(s), "db_port": 5432, "db_name": pool}
@@ -286,15 +297,14 @@ def domain_api_spec(
     from components.render.pgbouncer_pool import DatabaseEgress
     from components.render.pods import Resources
 
-    direct = None
-    if domain in s.copy_domains():
-        if database is None:
-            raise ValueError(f"database: domain {domain!r} serves the CDC copies, name its host")
-        verify = s.postgres.sslmode in ("verify-ca", "verify-full")
-        direct = DirectDatabase(
-            egress=DatabaseEgress(port=database.port, cluster=database.cluster),
-            ca_secret=database.ca_secret if verify else None,
+    host = direct_database(s, domain, database)
+    direct = (
+        DirectDatabase(
+            egress=DatabaseEgress(port=host.port, cluster=host.cluster), ca_secret=host.ca_secret
         )
+        if host is not None
+        else None
+    )
 
     d = s.domains[domain]
     gw = s.gateway
