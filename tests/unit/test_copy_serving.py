@@ -19,17 +19,12 @@ from components.render.budget import compute_budget
 from components.render.domain_api import DB_CA_FILE, network_policy_body
 from components.render.migrations import SCRIPT as MIGRATE_SCRIPT
 from components.settings import SettingsError, budget_input, decode_config_value, parse_settings
-from tests.conftest import ROOT, run_program, stack_config
+from tests.conftest import ROOT, api_database, run_program, stack_config, stack_settings
 from tools.mocks import RecordingMocks
 
 pytestmark = pytest.mark.unit
 
-HOST = inputs.DatabaseHost(
-    ro_host="postgres-db-ro.pgplatform.svc.cluster.local",
-    port=5432,
-    cluster="postgres-db",
-    ca_secret="postgres-db-ca",
-)
+HOST = api_database(stack_settings("staging"), "analytics")
 
 
 def raw_config(stack: str) -> dict[str, Any]:

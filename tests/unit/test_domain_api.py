@@ -15,7 +15,7 @@ from components.render import pods
 from components.render.postgrest import render_postgrest_conf
 from components.render.secret_sync import SECRETS_CHECKSUM_ANNOTATION
 from components.settings import StackSettings, decode_config_value, parse_settings
-from tests.conftest import run_program, stack_config
+from tests.conftest import api_database, run_program, stack_config
 from tools.mocks import RecordingMocks, is_secret
 
 pytestmark = pytest.mark.unit
@@ -100,13 +100,10 @@ def test_conf_is_the_builder_output(
         conf = single(mocks, "ConfigMap", domain)["data"][render.CONF_KEY]
         if domain in settings.copy_domains():
             # The CDC copies: the analytics database on the Cluster's replicas, no pooler.
-            ro_host = f"postgres-db-ro.{settings.namespace}.svc.cluster.local"
-            host = inputs.DatabaseHost(
-                ro_host=ro_host, port=5432, cluster="postgres-db", ca_secret="postgres-db-ca"
-            )
+            host = api_database(settings, domain)
             expected = inputs.postgrest_conf_input(settings, domain, host)
             assert conf == render_postgrest_conf(expected)
-            assert f"@{ro_host}:5432/{settings.cdc.database}?sslmode=" in conf
+            assert f"@{host.ro_host}:5432/{settings.cdc.database}?sslmode=" in conf
         else:
             assert conf == render_postgrest_conf(inputs.postgrest_conf_input(settings, domain))
             pool = "app_ro" if d.read_from_replicas else "app_rw"
