@@ -50,17 +50,27 @@ def validate_build(cluster: PgCluster, build: Path) -> list[str]:
     first = run_migrations(cluster, dbname, bundle)
     if first.returncode != 0:
         return [f"the migrations do not apply:\n{first.stderr.strip()}"]
+    return second_run(cluster, dbname, bundle, checks=VALIDATE_SQL) + validate_copies(
+        cluster, build
+    )
+
+
+def second_run(
+    cluster: PgCluster, dbname: str, bundle: Path, *, checks: str | None = None, label: str = ""
+) -> list[str]:
+    """The migrations run again: nothing to apply, the catalog unchanged; ``checks`` lists
+    further problems of the database afterwards. ``label`` prefixes each problem."""
     with cluster.connect(dbname) as conn:
         before = snapshot(conn)
     second = run_migrations(cluster, dbname, bundle)
     problems = []
     if second.returncode != 0 or "applying" in second.stdout:
-        problems.append(f"a second run is not a no-op:\n{second.stdout}{second.stderr}")
+        problems.append(f"{label}a second run is not a no-op:\n{second.stdout}{second.stderr}")
     with cluster.connect(dbname) as conn:
         after = snapshot(conn)
-        problems += [str(row[0]) for row in conn.execute(VALIDATE_SQL).fetchall()]
-    problems += [f"changed by the second run: {d}" for d in diff(before, after)]
-    return problems + validate_copies(cluster, build)
+        if checks is not None:
+            problems += [str(row[0]) for row in conn.execute(checks).fetchall()]
+    return problems + [f"{label}changed by the second run: {d}" for d in diff(before, after)]
 
 
 def validate_copies(cluster: PgCluster, build: Path) -> list[str]:
@@ -72,15 +82,8 @@ def validate_copies(cluster: PgCluster, build: Path) -> list[str]:
         dbname = build_copy_database(cluster, build)
     except RuntimeError as error:
         return [f"the CDC database's setup or migrations do not apply: {error}"]
-    with cluster.connect(dbname) as conn:
-        before = snapshot(conn)
-    second = run_migrations(cluster, dbname, rendered_migrations(build, COPIES_MIGRATIONS_GLOB))
-    problems = []
-    if second.returncode != 0 or "applying" in second.stdout:
-        problems.append(f"{dbname}: a second run is not a no-op:\n{second.stdout}{second.stderr}")
-    with cluster.connect(dbname) as conn:
-        after = snapshot(conn)
-    return problems + [f"{dbname}: changed by the second run: {d}" for d in diff(before, after)]
+    bundle = rendered_migrations(build, COPIES_MIGRATIONS_GLOB)
+    return second_run(cluster, dbname, bundle, label=f"{dbname}: ")
 
 
 def migration_files(build: Path) -> list[Path]:
