@@ -31,8 +31,13 @@ CDC_CONFIGMAP_GLOB: Final = "cdc-sql-*"
 _CONNECT = re.compile(r'GRANT CONNECT ON DATABASE "([^"]+)"')
 
 
-def rendered_migrations(build: Path, glob: str = MIGRATIONS_CONFIGMAP_GLOB) -> Path:
-    """The directory of a rendered ConfigMap (its files as the Job mounts them)."""
+def rendered_migrations(build: Path) -> Path:
+    """The directory of the rendered migrations ConfigMap (its files as the Job mounts them)."""
+    return rendered_config_map(build, MIGRATIONS_CONFIGMAP_GLOB)
+
+
+def rendered_config_map(build: Path, glob: str) -> Path:
+    """The directory of the one rendered ConfigMap matching ``glob``, as a Job mounts it."""
     found = sorted((build / "files").glob(glob))
     if len(found) != 1:
         raise FileNotFoundError(f"{build}: expected one ConfigMap {glob}, found {found}")
@@ -133,12 +138,12 @@ def build_copy_database(cluster: PgCluster, build: Path) -> str:
     if name is None:
         raise FileNotFoundError(f"{build}: no domain serves the CDC copies")
     cluster.create_database(name)
-    subscriber = rendered_migrations(build, CDC_CONFIGMAP_GLOB) / "subscriber.sql"
-    setup = rendered_migrations(build, COPIES_CONFIGMAP_GLOB) / APPLY_SCRIPT
+    subscriber = rendered_config_map(build, CDC_CONFIGMAP_GLOB) / "subscriber.sql"
+    setup = rendered_config_map(build, COPIES_CONFIGMAP_GLOB) / APPLY_SCRIPT
     # As the CDC Job runs subscriber.sql; apply.psql stops on an error by itself.
     for script, stop in ((subscriber, True), (setup, False)):
         done = run_script(cluster, name, script, stop_on_error=stop)
         if done.returncode != 0:
             raise RuntimeError(f"{script.name} failed in {name!r}:\n{done.stdout}{done.stderr}")
-    apply_migrations(cluster, name, rendered_migrations(build, COPIES_MIGRATIONS_GLOB))
+    apply_migrations(cluster, name, rendered_config_map(build, COPIES_MIGRATIONS_GLOB))
     return name

@@ -26,6 +26,7 @@ from tools.migrate_db import (
     build_copy_database,
     copy_database,
     platform_bundle,
+    rendered_config_map,
     rendered_migrations,
     run_migrations,
     stack_database,
@@ -82,14 +83,14 @@ def validate_copies(cluster: PgCluster, build: Path) -> list[str]:
         dbname = build_copy_database(cluster, build)
     except RuntimeError as error:
         return [f"the CDC database's setup or migrations do not apply: {error}"]
-    bundle = rendered_migrations(build, COPIES_MIGRATIONS_GLOB)
+    bundle = rendered_config_map(build, COPIES_MIGRATIONS_GLOB)
     return second_run(cluster, dbname, bundle, label=f"{dbname}: ")
 
 
 def migration_files(build: Path) -> list[Path]:
     """Every migration the stack's Jobs apply, in either database."""
     globs = [MIGRATIONS_CONFIGMAP_GLOB] + ([COPIES_MIGRATIONS_GLOB] if copy_database(build) else [])
-    return [p for glob in globs for p in rendered_migrations(build, glob).glob("*.sql")]
+    return [p for glob in globs for p in rendered_config_map(build, glob).glob("*.sql")]
 
 
 def unused_domains(builds: Sequence[Path]) -> list[str]:

@@ -47,6 +47,7 @@ from tests.integration.pg import PgCluster, running_cluster
 from tests.integration.test_advisor_job import run_cronjob
 from tests.integration.test_baseline_sql import AUTHENTICATOR_PASSWORD, DATABASE
 from tests.integration.test_security_model import claims, request
+from tools.migrate_db import COPIES_CONFIGMAP_GLOB, COPIES_MIGRATIONS_GLOB, rendered_config_map
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +84,8 @@ def stack(
     cdc_files = job_files(base / "cdc")
     build = rendered_stack("staging")
     # The two ConfigMaps of the rendered stack, as its Jobs mount them.
-    [bundle] = sorted((build / "files").glob("sql-baseline-copies-sql-*"))
-    [migrations] = sorted((build / "files").glob("sql-baseline-copies-migrations-sql-*"))
+    bundle = rendered_config_map(build, COPIES_CONFIGMAP_GLOB)
+    migrations = rendered_config_map(build, COPIES_MIGRATIONS_GLOB)
     assert {p.name: p.read_text() for p in bundle.iterdir()} == copy_database.job_bundle(COPY)
     migrate = migrations / MIGRATE_SCRIPT
     with running_cluster(tls=True, settings={"wal_level": "logical"}) as primary:

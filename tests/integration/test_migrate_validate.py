@@ -23,6 +23,7 @@ from tools.migrate_db import (
     COPIES_MIGRATIONS_GLOB,
     MIGRATIONS_CONFIGMAP_GLOB,
     build_stack_database,
+    rendered_config_map,
     rendered_migrations,
     stack_database,
 )
@@ -143,7 +144,7 @@ def test_an_analytics_view_reading_an_uncopied_column_is_named(
     exist: a view on a column the publication leaves out applies at home but not there."""
     build = tmp_path / "build"
     shutil.copytree(rendered_stack("staging"), build)
-    bundle_dir = rendered_migrations(build, COPIES_MIGRATIONS_GLOB)
+    bundle_dir = rendered_config_map(build, COPIES_MIGRATIONS_GLOB)
     shutil.rmtree(bundle_dir)
     root = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, root)
