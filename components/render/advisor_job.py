@@ -216,22 +216,12 @@ def cronjob_spec(inp: AdvisorJobInput) -> dict[str, Any]:
     # One pod at a time and nothing to spread: a Job is not a replicated service.
     pod_spec.pop("topologySpreadConstraints", None)
     pod_spec["restartPolicy"] = "Never"
-    return {
-        "schedule": inp.schedule,
-        "timeZone": "Etc/UTC",
-        "concurrencyPolicy": "Forbid",
-        "startingDeadlineSeconds": 3600,
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3,
-        "jobTemplate": {
-            "metadata": {"labels": labels()},
-            "spec": {
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": inp.timeout_seconds,
-                "template": {"metadata": {"labels": labels()}, "spec": pod_spec},
-            },
-        },
-    }
+    return schedules.check_cronjob_spec(
+        schedule=inp.schedule,
+        labels=labels(),
+        deadline_seconds=inp.timeout_seconds,
+        template={"metadata": {"labels": labels()}, "spec": pod_spec},
+    )
 
 
 def network_policy_body(inp: AdvisorJobInput) -> dict[str, Any]:

@@ -501,32 +501,22 @@ def cronjob_spec(
     pod_spec["restartPolicy"] = "Never"
     # Time for the EXIT trap to delete the recovery Cluster after SIGTERM.
     pod_spec["terminationGracePeriodSeconds"] = 120
-    return {
-        "schedule": inp.schedule,
-        "timeZone": "Etc/UTC",
-        "concurrencyPolicy": "Forbid",
-        "startingDeadlineSeconds": 3600,
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3,
-        "jobTemplate": {
-            "metadata": {"labels": labels(inp)},
-            "spec": {
-                "backoffLimit": 0,
-                # Recovery time, plus the wait for leftovers, plus the cleanup.
-                "activeDeadlineSeconds": inp.timeout_seconds + 1800,
-                "template": {
-                    "metadata": {
-                        "labels": labels(inp),
-                        "annotations": {
-                            TOKEN_ANNOTATION: "creates, waits for, execs into and deletes the "
-                            "recovery Cluster (Role and admission policy limit it to that one)"
-                        },
-                    },
-                    "spec": pod_spec,
+    return schedules.check_cronjob_spec(
+        schedule=inp.schedule,
+        labels=labels(inp),
+        # Recovery time, plus the wait for leftovers, plus the cleanup.
+        deadline_seconds=inp.timeout_seconds + 1800,
+        template={
+            "metadata": {
+                "labels": labels(inp),
+                "annotations": {
+                    TOKEN_ANNOTATION: "creates, waits for, execs into and deletes the "
+                    "recovery Cluster (Role and admission policy limit it to that one)"
                 },
             },
+            "spec": pod_spec,
         },
-    }
+    )
 
 
 def network_policy_spec(

@@ -5,12 +5,14 @@ CloudNativePG ScheduledBackup takes six, seconds first. The same text means diff
 the two (``0 4 1 * *`` is "04:00 on the 1st" for a CronJob and an error for CloudNativePG), so the
 field count is checked before croniter checks every field's values. Both accept the descriptors
 ``@yearly``, ``@monthly``, ``@weekly``, ``@daily``, ``@hourly`` (and ``@annually``, ``@midnight``).
+``check_cronjob_spec`` is the CronJob shape of the scheduled checks an alert reads.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 from croniter import croniter
 
@@ -54,3 +56,31 @@ def check_cnpg_schedule(schedule: object) -> str:
         example="0 0 2 * * *",
         what="a CloudNativePG schedule (seconds first: second minute hour day month weekday)",
     )
+
+
+def check_cronjob_spec(
+    *,
+    schedule: str,
+    labels: Mapping[str, str],
+    deadline_seconds: int,
+    template: Mapping[str, Any],
+) -> dict[str, Any]:
+    """CronJob ``spec`` of a scheduled check whose failure an alert reads (the restore check,
+    the advisor): one run at a time, no retry (a failed check is not transient), the last
+    three successful and failed Jobs kept so kube-state-metrics and the logs still see them."""
+    return {
+        "schedule": schedule,
+        "timeZone": "Etc/UTC",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": dict(labels)},
+            "spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": deadline_seconds,
+                "template": dict(template),
+            },
+        },
+    }
